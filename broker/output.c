@@ -257,27 +257,36 @@ static void set_location(Bb__Notification *n, double lat, double lon, unsigned p
     bb_cell_center(c, &n->lat, &n->lon);
 }
 
+void bb_notification_from_report(Bb__Notification *n, const Bb__Report *rep,
+                                 const char *group_name, unsigned precision, char cell[16])
+{
+    bb__notification__init(n);
+    n->schema_version = 1;
+    n->kind = BB__NOTIFICATION_KIND__NOTIFICATION_KIND_REPORT;
+    n->report_id = rep->id;
+    n->time_ms = rep->time_ms;
+    n->category = rep->category;
+    n->urgency = rep->urgency;
+    n->source = rep->source;
+    n->text = rep->text;
+    n->media = rep->media;
+    n->n_media = rep->n_media;
+    n->anonymous = rep->anonymity != BB__ANONYMITY__ANONYMITY_SCREEN_NAME;
+    n->author = n->anonymous ? "" : rep->author_screen_name;
+    n->group_name = (char *)(group_name ? group_name : "");
+    n->locale = "nl";
+    n->title = (char *)bb_title_category("nl", rep->category);
+    set_location(n, rep->lat, rep->lon, precision, cell);
+}
+
 int bb_encode_report(struct bb_encoder *e, const struct bb_dir *dir, const Bb__Report *rep,
                      const struct bb_route_result *res, int64_t source_time_ms,
                      struct bb_out *out)
 {
     char key[80], cell[16];
     snprintf(key, sizeof(key), "r:%s", rep->id);
-    Bb__Notification n = BB__NOTIFICATION__INIT;
-    n.schema_version = 1;
-    n.kind = BB__NOTIFICATION_KIND__NOTIFICATION_KIND_REPORT;
-    n.report_id = rep->id;
-    n.time_ms = rep->time_ms;
-    n.category = rep->category;
-    n.urgency = rep->urgency;
-    n.source = rep->source;
-    n.text = rep->text;
-    n.media = rep->media;
-    n.n_media = rep->n_media;
-    n.anonymous = rep->anonymity != BB__ANONYMITY__ANONYMITY_SCREEN_NAME;
-    n.author = n.anonymous ? "" : rep->author_screen_name;
-    n.group_name = (char *)res->group_name;
-    set_location(&n, rep->lat, rep->lon, res->precision, cell);
+    Bb__Notification n;
+    bb_notification_from_report(&n, rep, res->group_name, res->precision, cell);
 
     Bb__DeliveryBatch b = BB__DELIVERY_BATCH__INIT;
     b.schema_version = 1;

@@ -56,6 +56,12 @@ int bb_encode_status(struct bb_encoder *e, const struct bb_dir *dir,
                      const struct Bb__ReportStatus *st, const struct bb_route_result *res,
                      int64_t source_time_ms, struct bb_out *out);
 
+/* Fills n with what readers of rep are shown (locale "nl"); n borrows from
+ * rep, group_name and cell (>= 16 bytes, receives the coarsened geohash). */
+struct Bb__Notification;
+void bb_notification_from_report(struct Bb__Notification *n, const struct Bb__Report *rep,
+                                 const char *group_name, unsigned precision, char cell[16]);
+
 /* The short localised title of a category or status ("Inbraak", "Burglary"). */
 const char *bb_title_category(const char *locale, int category);
 const char *bb_title_status(const char *locale, int status);
