@@ -49,10 +49,12 @@ unsigned bb_cell_neighbours(bb_cell c, bb_cell out[8]);
 
 /* Covers the circle (lat, lon, radius_m) with cells of a single precision:
  * the finest precision at which the cells intersecting the circle number at
- * most max_cells (max_cells >= 4 always succeeds at some precision >= 1).
- * Writes the cells that intersect the circle to out (room for max_cells),
- * returns how many. Every point within radius_m of the centre lies in one of
- * them. */
+ * most max_cells. Writes them to out (room for max_cells) and returns how
+ * many; every point within radius_m of the centre lies in one of them.
+ * That always succeeds with max_cells >= 32, and with max_cells >= 8 for any
+ * circle that does not contain a pole (a circle whose centre sits on a cell
+ * corner needs 4 at every precision). When no precision fits, the result is
+ * the max_cells precision-1 cells nearest the centre: an incomplete cover. */
 unsigned bb_geohash_cover_circle(double lat, double lon, double radius_m, unsigned max_cells,
                                  bb_cell *out);
 

@@ -1,0 +1,166 @@
+/* Shared internals of the buurtbus-broker daemon (not of the routing core,
+ * which has its own headers and no I/O). */
+#ifndef BB_BROKER_INTERNAL_H
+#define BB_BROKER_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "output.h"
+
+struct event_base;
+struct bb_dir;
+struct bb_zdict;
+struct redisReply;
+
+/* ---- config.c ---------------------------------------------------------------------------- */
+
+struct bb_broker_config {
+    char *redis;          /* "127.0.0.1:6379" or a unix socket path */
+    char *redis_password; /* from redis_password_file */
+    char *name;           /* consumer name; "" = hostname-pid */
+    char *group;          /* consumer group of the input streams */
+    int64_t router_threads;
+    int64_t read_count;
+    int64_t block_ms;
+    int64_t max_inflight;
+    int64_t claim_idle_ms;
+    int64_t claim_interval_ms;
+    int64_t connect_timeout_ms;
+    int64_t command_timeout_ms;
+    int64_t reconnect_min_ms;
+    int64_t reconnect_max_ms;
+    int64_t keepalive_s;
+    int64_t batch_size;
+    int64_t zstd_level;
+    int64_t dict_check_ms;
+    int64_t max_text;
+    int64_t max_media;
+    int64_t max_url;
+    int64_t default_precision;
+    int64_t watch_max_cells;
+    int64_t max_radius_m;
+    int64_t out_high_watermark;
+    int64_t out_low_watermark;
+    int64_t backpressure_check_ms;
+    int64_t shutdown_grace_ms;
+    char *metrics_addr;
+    char *log_level;
+};
+
+extern const struct bb_opt bb_broker_opts[];
+extern const size_t bb_broker_nopts;
+
+/* ---- io.c: one Redis connection on the event loop ---------------------------------------- */
+
+struct bb_conn;
+typedef void bb_conn_ready_fn(struct bb_conn *c, void *arg);
+/* reply is NULL when the command failed with the connection (timeout, drop). */
+typedef void bb_reply_fn(struct bb_conn *c, struct redisReply *reply, void *priv);
+
+struct bb_conn_opts {
+    const char *name; /* for logs: "reader", "commands", "directory" */
+    const char *addr;
+    const char *password;
+    int64_t connect_timeout_ms, command_timeout_ms, reconnect_min_ms, reconnect_max_ms;
+    int keepalive_s;
+    bb_conn_ready_fn *on_ready; /* after connect + AUTH; also after every reconnect */
+    bb_conn_ready_fn *on_down;
+    void *arg;
+};
+
+struct bb_conn *bb_conn_new(struct event_base *base, const struct bb_conn_opts *o);
+void bb_conn_free(struct bb_conn *c);
+bool bb_conn_is_ready(const struct bb_conn *c);
+unsigned bb_conn_outstanding(const struct bb_conn *c);
+/* Sends a command; cb gets the reply (hiredis frees it after cb returns).
+ * Returns 0 or BB_AGAIN when the connection is not ready. */
+int bb_conn_command(struct bb_conn *c, bb_reply_fn *cb, void *priv, int argc, const char **argv,
+                    const size_t *argvlen);
+int bb_conn_commandf(struct bb_conn *c, bb_reply_fn *cb, void *priv, const char *fmt, ...);
+/* Closes the connection and reconnects after backoff (used on protocol errors). */
+void bb_conn_reset(struct bb_conn *c, const char *why);
+
+/* ---- dispatch.c: router threads and the lanes to them ------------------------------------ */
+
+enum bb_job_kind { BB_JOB_REPORT = 1, BB_JOB_STATUS, BB_JOB_SET_DICT, BB_JOB_STOP };
+enum bb_job_result { BB_RESULT_OK = 0, BB_RESULT_DEAD, BB_RESULT_RETRY };
+
+struct bb_job {
+    uint8_t kind;
+    uint8_t src; /* input stream index */
+    uint8_t result;
+    char id[48]; /* stream entry id */
+    int64_t entry_ms;
+    uint8_t *payload; /* owned */
+    size_t len;
+    const char *reason; /* BB_RESULT_DEAD: static, machine-readable */
+    char detail[160];
+    struct bb_out out;
+    struct bb_zdict *dict; /* BB_JOB_SET_DICT */
+    uint64_t route_ns;
+    uint32_t recipients;
+    uint64_t decisions;
+    /* I/O thread bookkeeping */
+    void *owner; /* the consumer, for reply callbacks */
+    struct bb_job *next;
+    unsigned attempts;
+    int64_t retry_at_ms;
+};
+
+struct bb_dispatch;
+typedef void bb_done_fn(struct bb_job *job, void *arg);
+
+struct bb_dispatch *bb_dispatch_new(struct event_base *base, struct bb_dir *dir,
+                                    const struct bb_broker_config *cfg, bb_done_fn *done,
+                                    void *arg);
+/* Stops and joins the router threads; frees what is left. */
+void bb_dispatch_free(struct bb_dispatch *d);
+/* Hands a job to a router thread (I/O thread only). */
+void bb_dispatch_submit(struct bb_dispatch *d, struct bb_job *job);
+/* Gives every router the dictionary (a reference is taken). */
+void bb_dispatch_set_dict(struct bb_dispatch *d, struct bb_zdict *dict);
+void bb_job_free(struct bb_job *job);
+
+/* ---- metrics.c --------------------------------------------------------------------------- */
+
+#define BB_LAT_BUCKETS 24
+
+struct bb_metrics {
+    _Atomic uint64_t reports_in, status_in, reports_routed, dead_letters, commits, commit_retries,
+        commits_skipped, deliveries, batches, recipients, decisions, directory_events,
+        directory_errors, reconnects, claimed, route_ns, bytes_out, raw_bytes, zstd_bytes;
+    _Atomic uint64_t deliveries_by_channel[BB_CHANNELS];
+    _Atomic uint64_t latency_le[BB_LAT_BUCKETS]; /* report entry -> committed, cumulative ms */
+    _Atomic uint64_t latency_count, latency_sum_us;
+    _Atomic int64_t inflight, backlog_max;
+    _Atomic int ready, paused;
+    _Atomic uint64_t users, groups;
+};
+
+extern struct bb_metrics bb_metrics;
+void bb_metrics_latency(int64_t us);
+/* Serves /metrics, /healthz and /readyz on addr ("host:port"); NULL/"" = off. */
+int bb_metrics_listen(struct event_base *base, const char *addr);
+void bb_metrics_close(void);
+
+/* ---- consumer.c -------------------------------------------------------------------------- */
+
+struct bb_consumer;
+struct bb_consumer *bb_consumer_new(struct event_base *base, struct bb_dir *dir,
+                                    const struct bb_broker_config *cfg,
+                                    const char *directory_last_id);
+void bb_consumer_free(struct bb_consumer *c);
+/* Starts draining: no more reads; calls event_base_loopexit when everything
+ * in flight is committed or the grace period is over. */
+void bb_consumer_shutdown(struct bb_consumer *c);
+/* Re-reads the dictionary (SIGHUP). */
+void bb_consumer_reload(struct bb_consumer *c);
+
+int64_t bb_now_ms(void);  /* wall clock, Unix ms */
+int64_t bb_mono_ms(void); /* monotonic */
+uint64_t bb_mono_ns(void);
+
+#endif

@@ -1,0 +1,345 @@
+/* One Redis connection on the I/O thread's event loop: hiredis async with
+ * libevent, connect and command timeouts from libevent timers (hiredis
+ * 0.14 has none), TCP keepalive, AUTH, and reconnection with jittered
+ * exponential backoff.
+ *
+ * Threads: the I/O thread only. hiredis frees a reply after our callback
+ * returns; callbacks copy what they keep. */
+#include <errno.h>
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bb_err.h"
+#include "internal.h"
+#include "log.h"
+
+enum conn_state { CS_IDLE, CS_CONNECTING, CS_AUTH, CS_READY, CS_WAIT };
+
+struct bb_conn {
+    struct event_base *base;
+    struct bb_conn_opts o;
+    char *addr, *password, *name;
+    redisAsyncContext *ac;
+    enum conn_state state;
+    struct event *timer; /* connect deadline, reconnect backoff, command watchdog */
+    struct event *watchdog;
+    int64_t backoff_ms;
+    int64_t progress_ms; /* last reply or send when idle */
+    unsigned outstanding;
+    uint64_t gen; /* bumps on every (re)connect; stale callbacks are ignored */
+};
+
+struct pending {
+    struct bb_conn *conn;
+    uint64_t gen;
+    bb_reply_fn *cb;
+    void *priv;
+};
+
+int64_t bb_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+uint64_t bb_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int64_t bb_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void conn_start(struct bb_conn *c);
+
+static void arm(struct event *ev, int64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    evtimer_add(ev, &tv);
+}
+
+/* Drops the hiredis context (its pending callbacks run with NULL replies)
+ * and schedules a reconnect. */
+static void conn_drop(struct bb_conn *c, const char *why)
+{
+    bool was_ready = c->state == CS_READY;
+    redisAsyncContext *ac = c->ac;
+    c->ac = NULL;
+    c->state = CS_WAIT;
+    c->gen++;
+    if (ac) {
+        ac->data = NULL;
+        redisAsyncFree(ac); /* runs pending callbacks with NULL */
+    }
+    c->outstanding = 0;
+    int64_t jitter = c->backoff_ms / 2 ? rand() % (c->backoff_ms / 2 + 1) : 0;
+    int64_t wait = c->backoff_ms / 2 + jitter;
+    bb_warn("redis connection lost", "conn=%s addr=%s reason=\"%s\" retry_ms=%lld", c->name,
+            c->addr, why, (long long)wait);
+    c->backoff_ms = c->backoff_ms * 2 > c->o.reconnect_max_ms ? c->o.reconnect_max_ms
+                                                               : c->backoff_ms * 2;
+    atomic_fetch_add(&bb_metrics.reconnects, 1);
+    arm(c->timer, wait);
+    if (was_ready && c->o.on_down) {
+        c->o.on_down(c, c->o.arg);
+    }
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct bb_conn *c = arg;
+    if (c->state == CS_WAIT || c->state == CS_IDLE) {
+        conn_start(c);
+    } else if (c->state == CS_CONNECTING || c->state == CS_AUTH) {
+        conn_drop(c, "connect timeout");
+    }
+}
+
+/* Every 250 ms: a connection with commands outstanding and no reply for
+ * longer than the command timeout is dead, even if TCP has not noticed. */
+static void on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+    struct bb_conn *c = arg;
+    if (c->state == CS_READY && c->outstanding &&
+        bb_mono_ms() - c->progress_ms > c->o.command_timeout_ms) {
+        conn_drop(c, "command timeout");
+    }
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct bb_conn *c = ac->data;
+    if (!c) {
+        return; /* we dropped it ourselves */
+    }
+    c->ac = NULL; /* hiredis frees the context after this callback */
+    c->state = CS_WAIT;
+    conn_drop(c, status == REDIS_OK ? "closed" : (ac->errstr[0] ? ac->errstr : "error"));
+}
+
+static void became_ready(struct bb_conn *c)
+{
+    c->state = CS_READY;
+    c->backoff_ms = c->o.reconnect_min_ms;
+    c->progress_ms = bb_mono_ms();
+    evtimer_del(c->timer);
+    bb_info("redis connected", "conn=%s addr=%s", c->name, c->addr);
+    if (c->o.on_ready) {
+        c->o.on_ready(c, c->o.arg);
+    }
+}
+
+static void on_auth(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct bb_conn *c = ac->data;
+    redisReply *reply = r;
+    if (!c || c->state != CS_AUTH) {
+        return;
+    }
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        bb_error("redis auth failed", "conn=%s addr=%s", c->name, c->addr);
+        conn_drop(c, "auth failed");
+        return;
+    }
+    became_ready(c);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct bb_conn *c = ac->data;
+    if (!c) {
+        return;
+    }
+    if (status != REDIS_OK) {
+        c->ac = NULL; /* hiredis frees it */
+        c->state = CS_WAIT;
+        conn_drop(c, ac->errstr[0] ? ac->errstr : "connect failed");
+        return;
+    }
+    if (c->password && *c->password) {
+        c->state = CS_AUTH;
+        redisAsyncCommand(c->ac, on_auth, NULL, "AUTH %s", c->password);
+        return;
+    }
+    became_ready(c);
+}
+
+static void conn_start(struct bb_conn *c)
+{
+    redisAsyncContext *ac;
+    if (c->addr[0] == '/') {
+        ac = redisAsyncConnectUnix(c->addr);
+    } else {
+        char host[256];
+        const char *colon = strrchr(c->addr, ':');
+        size_t hl = colon ? (size_t)(colon - c->addr) : strlen(c->addr);
+        if (hl >= sizeof(host)) {
+            hl = sizeof(host) - 1;
+        }
+        memcpy(host, c->addr, hl);
+        host[hl] = '\0';
+        ac = redisAsyncConnect(host, colon ? atoi(colon + 1) : 6379);
+    }
+    if (!ac || ac->err) {
+        bb_warn("redis connect failed", "conn=%s addr=%s err=\"%s\"", c->name, c->addr,
+                ac ? ac->errstr : "oom");
+        if (ac) {
+            redisAsyncFree(ac);
+        }
+        c->state = CS_WAIT;
+        arm(c->timer, c->backoff_ms);
+        c->backoff_ms = c->backoff_ms * 2 > c->o.reconnect_max_ms ? c->o.reconnect_max_ms
+                                                                   : c->backoff_ms * 2;
+        return;
+    }
+    c->ac = ac;
+    ac->data = c;
+    c->gen++;
+    c->state = CS_CONNECTING;
+    if (c->o.keepalive_s > 0 && c->addr[0] != '/') {
+        /* hiredis 0.14 only has the fixed-interval form. */
+        redisEnableKeepAlive(&ac->c);
+    }
+    redisLibeventAttach(ac, c->base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    arm(c->timer, c->o.connect_timeout_ms);
+}
+
+struct bb_conn *bb_conn_new(struct event_base *base, const struct bb_conn_opts *o)
+{
+    struct bb_conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        return NULL;
+    }
+    c->base = base;
+    c->o = *o;
+    c->addr = strdup(o->addr);
+    c->password = o->password ? strdup(o->password) : NULL;
+    c->name = strdup(o->name);
+    c->timer = evtimer_new(base, on_timer, c);
+    c->watchdog = event_new(base, -1, EV_PERSIST, on_watchdog, c);
+    if (!c->addr || !c->name || !c->timer || !c->watchdog || (o->password && !c->password)) {
+        bb_conn_free(c);
+        return NULL;
+    }
+    c->backoff_ms = o->reconnect_min_ms > 0 ? o->reconnect_min_ms : 100;
+    arm(c->watchdog, 250);
+    conn_start(c);
+    return c;
+}
+
+void bb_conn_free(struct bb_conn *c)
+{
+    if (!c) {
+        return;
+    }
+    if (c->ac) {
+        c->ac->data = NULL;
+        redisAsyncFree(c->ac);
+    }
+    if (c->timer) {
+        event_free(c->timer);
+    }
+    if (c->watchdog) {
+        event_free(c->watchdog);
+    }
+    free(c->addr);
+    free(c->password);
+    free(c->name);
+    free(c);
+}
+
+bool bb_conn_is_ready(const struct bb_conn *c)
+{
+    return c->state == CS_READY;
+}
+
+unsigned bb_conn_outstanding(const struct bb_conn *c)
+{
+    return c->outstanding;
+}
+
+static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct pending *p = privdata;
+    struct bb_conn *c = p->conn;
+    bool live = ac->data == c && p->gen == c->gen;
+    if (live) {
+        c->outstanding--;
+        c->progress_ms = bb_mono_ms();
+    }
+    /* A reply from a context we already dropped is NULL; pass it on so the
+     * owner can retry. */
+    if (p->cb) {
+        p->cb(c, live ? r : NULL, p->priv);
+    }
+    free(p);
+}
+
+int bb_conn_command(struct bb_conn *c, bb_reply_fn *cb, void *priv, int argc, const char **argv,
+                    const size_t *argvlen)
+{
+    if (c->state != CS_READY) {
+        return BB_AGAIN;
+    }
+    struct pending *p = malloc(sizeof(*p));
+    if (!p) {
+        return BB_ENOMEM;
+    }
+    *p = (struct pending){c, c->gen, cb, priv};
+    if (!c->outstanding) {
+        c->progress_ms = bb_mono_ms();
+    }
+    if (redisAsyncCommandArgv(c->ac, on_reply, p, argc, argv, argvlen) != REDIS_OK) {
+        free(p);
+        return BB_EIO;
+    }
+    c->outstanding++;
+    return BB_OK;
+}
+
+int bb_conn_commandf(struct bb_conn *c, bb_reply_fn *cb, void *priv, const char *fmt, ...)
+{
+    if (c->state != CS_READY) {
+        return BB_AGAIN;
+    }
+    struct pending *p = malloc(sizeof(*p));
+    if (!p) {
+        return BB_ENOMEM;
+    }
+    *p = (struct pending){c, c->gen, cb, priv};
+    if (!c->outstanding) {
+        c->progress_ms = bb_mono_ms();
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = redisvAsyncCommand(c->ac, on_reply, p, fmt, ap);
+    va_end(ap);
+    if (rc != REDIS_OK) {
+        free(p);
+        return BB_EIO;
+    }
+    c->outstanding++;
+    return BB_OK;
+}
+
+void bb_conn_reset(struct bb_conn *c, const char *why)
+{
+    if (c->state == CS_READY || c->state == CS_CONNECTING || c->state == CS_AUTH) {
+        conn_drop(c, why);
+    }
+}

@@ -1,0 +1,267 @@
+/* buurtbus-broker: reads reports from Redis, routes them, writes delivery
+ * batches. Start-up is synchronous (configuration, directory snapshot);
+ * then the I/O thread runs the event loop and N router threads route
+ * (see dispatch.c for who owns what). */
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <getopt.h>
+#include <hiredis/hiredis.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bb_err.h"
+#include "config.h"
+#include "directory.h"
+#include "internal.h"
+#include "log.h"
+#include "snapshot.h"
+
+static volatile sig_atomic_t stop_requested;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: buurtbus-broker [-c FILE] [--set NAME=VALUE]... [--check-config]\n"
+            "                       [--dump-config] [--version] [--help]\n"
+            "\n"
+            "  -c, --config FILE   configuration file (see deploy/broker.conf)\n"
+            "  --set NAME=VALUE    override one option after the file\n"
+            "  --check-config      validate the configuration and exit (0 = valid)\n"
+            "  --dump-config       print the effective configuration and exit\n"
+            "\n"
+            "Signals: SIGTERM/SIGINT finish work in flight, ack, exit; SIGHUP reloads\n"
+            "the log level and the compression dictionary.\n");
+}
+
+static void on_early_signal(int sig)
+{
+    stop_requested = 1;
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct bb_consumer *c = arg;
+    if (sig == SIGHUP) {
+        bb_info("reload requested", NULL);
+        bb_consumer_reload(c);
+        return;
+    }
+    bb_info("shutdown requested", "signal=%d", (int)sig);
+    bb_consumer_shutdown(c);
+}
+
+static int check(struct bb_broker_config *cfg, char *err, size_t errlen)
+{
+    if (cfg->out_low_watermark > cfg->out_high_watermark) {
+        snprintf(err, errlen, "out_low_watermark (%lld) must not exceed out_high_watermark (%lld)",
+                 (long long)cfg->out_low_watermark, (long long)cfg->out_high_watermark);
+        return BB_ECONFIG;
+    }
+    if (bb_log_level_parse(cfg->log_level) < 0) {
+        snprintf(err, errlen, "log_level: expected debug, info, warn or error, got '%s'",
+                 cfg->log_level);
+        return BB_ECONFIG;
+    }
+    if (!cfg->redis[0]) {
+        snprintf(err, errlen, "redis: an address is required");
+        return BB_ECONFIG;
+    }
+    if (cfg->redis[0] != '/' && strspn(cfg->redis, "0123456789.:[]abcdefABCDEF") !=
+                                    strlen(cfg->redis)) {
+        snprintf(err, errlen,
+                 "redis: '%s' is not an IP literal or socket path (host names would be resolved "
+                 "with a blocking call)",
+                 cfg->redis);
+        return BB_ECONFIG;
+    }
+    if (!cfg->group[0]) {
+        snprintf(err, errlen, "group: must not be empty");
+        return BB_ECONFIG;
+    }
+    if (!cfg->name[0]) {
+        char host[64] = "broker";
+        gethostname(host, sizeof(host) - 1);
+        char name[128];
+        snprintf(name, sizeof(name), "%s-%d", host, (int)getpid());
+        free(cfg->name);
+        cfg->name = strdup(name);
+        if (!cfg->name) {
+            return BB_ENOMEM;
+        }
+    }
+    return BB_OK;
+}
+
+/* Loads the directory, retrying with backoff while Redis is unreachable. */
+static int load_directory(const struct bb_broker_config *cfg, struct bb_dir *dir, char *last_id,
+                          size_t len)
+{
+    int64_t backoff = cfg->reconnect_min_ms;
+    while (!stop_requested) {
+        char err[256] = "";
+        redisContext *rc = bb_redis_connect(cfg->redis, cfg->redis_password,
+                                            (int)cfg->command_timeout_ms * 10, err, sizeof(err));
+        if (rc) {
+            struct bb_snapshot_stats st;
+            int r = bb_snapshot_load(rc, dir, last_id, len, &st, err, sizeof(err));
+            redisFree(rc);
+            if (r == BB_OK) {
+                bb_info("directory loaded",
+                        "users=%llu groups=%llu memberships=%llu follows=%llu skipped=%llu "
+                        "seconds=%.2f from=%s",
+                        (unsigned long long)st.users, (unsigned long long)st.groups,
+                        (unsigned long long)st.memberships, (unsigned long long)st.follows,
+                        (unsigned long long)(st.bad_users + st.bad_groups + st.bad_memberships +
+                                             st.bad_follows),
+                        st.seconds, last_id);
+                return BB_OK;
+            }
+            if (r == BB_ENOMEM) {
+                bb_error("directory does not fit in memory", NULL);
+                return r;
+            }
+        }
+        bb_warn("directory snapshot failed, retrying", "err=\"%s\" retry_ms=%lld", err,
+                (long long)backoff);
+        usleep((useconds_t)backoff * 1000);
+        backoff = backoff * 2 > cfg->reconnect_max_ms ? cfg->reconnect_max_ms : backoff * 2;
+    }
+    return BB_EIO;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'},   {"set", required_argument, NULL, 's'},
+        {"check-config", no_argument, NULL, 'k'},   {"dump-config", no_argument, NULL, 'd'},
+        {"version", no_argument, NULL, 'v'},        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    struct bb_broker_config cfg;
+    char err[512];
+    const char *path = NULL;
+    bool check_only = false, dump = false;
+    int status = 1;
+
+    bb_log_init("broker", BB_LOG_INFO);
+    if (bb_config_defaults(bb_broker_opts, bb_broker_nopts, &cfg, err, sizeof(err)) != BB_OK) {
+        fprintf(stderr, "buurtbus-broker: %s\n", err);
+        return 1;
+    }
+    /* Two passes: the file first, then --set overrides on top of it. */
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c': path = optarg; break;
+        case 's': break;
+        case 'k': check_only = true; break;
+        case 'd': dump = true; break;
+        case 'v': printf("buurtbus-broker 0.1.0\n"); return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (path && bb_config_load_file(bb_broker_opts, bb_broker_nopts, &cfg, path, err,
+                                    sizeof(err)) != BB_OK) {
+        fprintf(stderr, "buurtbus-broker: %s\n", err);
+        goto out_config;
+    }
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+        if (opt != 's') {
+            continue;
+        }
+        char *eq = strchr(optarg, '=');
+        if (!eq) {
+            fprintf(stderr, "buurtbus-broker: --set expects NAME=VALUE, got '%s'\n", optarg);
+            goto out_config;
+        }
+        *eq = '\0';
+        if (bb_config_set(bb_broker_opts, bb_broker_nopts, &cfg, optarg, eq + 1, err,
+                          sizeof(err)) != BB_OK) {
+            fprintf(stderr, "buurtbus-broker: --set %s: %s\n", optarg, err);
+            goto out_config;
+        }
+    }
+    if (check(&cfg, err, sizeof(err)) != BB_OK) {
+        fprintf(stderr, "buurtbus-broker: %s\n", err);
+        goto out_config;
+    }
+    if (dump) {
+        bb_config_dump(bb_broker_opts, bb_broker_nopts, &cfg, stdout);
+    }
+    if (check_only || dump) {
+        if (check_only) {
+            printf("configuration ok\n");
+        }
+        status = 0;
+        goto out_config;
+    }
+    bb_log_set_level((enum bb_log_level)bb_log_level_parse(cfg.log_level));
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGTERM, on_early_signal);
+    signal(SIGINT, on_early_signal);
+
+    struct bb_dir_params dp = {(unsigned)cfg.default_precision, (unsigned)cfg.watch_max_cells,
+                               (unsigned)cfg.max_radius_m};
+    struct bb_dir *dir = bb_dir_new(&dp);
+    if (!dir) {
+        bb_error("cannot create the routing index", NULL);
+        goto out_config;
+    }
+    char last_id[BB_STREAM_ID_MAX] = "0-0";
+    if (load_directory(&cfg, dir, last_id, sizeof(last_id)) != BB_OK) {
+        status = stop_requested ? 0 : 1;
+        goto out_dir;
+    }
+
+    evthread_use_pthreads();
+    struct event_base *base = event_base_new();
+    if (!base) {
+        bb_error("cannot create the event loop", NULL);
+        goto out_dir;
+    }
+    if (bb_metrics_listen(base, cfg.metrics_addr) != 0) {
+        goto out_base;
+    }
+    struct bb_consumer *consumer = bb_consumer_new(base, dir, &cfg, last_id);
+    if (!consumer) {
+        bb_error("cannot start the consumer", NULL);
+        goto out_metrics;
+    }
+    struct event *sig_term = evsignal_new(base, SIGTERM, on_signal, consumer);
+    struct event *sig_int = evsignal_new(base, SIGINT, on_signal, consumer);
+    struct event *sig_hup = evsignal_new(base, SIGHUP, on_signal, consumer);
+    event_add(sig_term, NULL);
+    event_add(sig_int, NULL);
+    event_add(sig_hup, NULL);
+    if (stop_requested) {
+        bb_consumer_shutdown(consumer);
+    }
+    bb_info("broker running", "name=%s group=%s routers=%lld redis=%s", cfg.name, cfg.group,
+            (long long)cfg.router_threads, cfg.redis);
+    event_base_dispatch(base);
+    bb_info("broker stopped", NULL);
+    status = 0;
+
+    event_free(sig_term);
+    event_free(sig_int);
+    event_free(sig_hup);
+    bb_consumer_free(consumer);
+out_metrics:
+    bb_metrics_close();
+out_base:
+    event_base_free(base);
+out_dir:
+    bb_dir_free(dir);
+out_config:
+    bb_config_free(bb_broker_opts, bb_broker_nopts, &cfg);
+    return status;
+}
