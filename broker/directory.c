@@ -1151,8 +1151,12 @@ static int umute_set(struct bb_dir *dir, uint64_t user_id, uint32_t uslot, const
         nw->user_id = user_id;
         nw->nauthors = (uint32_t)na;
         nw->ngroups = (uint32_t)ng;
-        memcpy(nw->ids, authors, na * sizeof(uint64_t));
-        memcpy(nw->ids + na, groups, ng * sizeof(uint64_t));
+        if (na) {
+            memcpy(nw->ids, authors, na * sizeof(uint64_t));
+        }
+        if (ng) {
+            memcpy(nw->ids + na, groups, ng * sizeof(uint64_t));
+        }
     }
     if (have) {
         table_write_ptr(&dir->umutes, s, nw);
@@ -1442,6 +1446,18 @@ static int group_upsert(struct bb_dir *dir, const Bb__Group *in, char *why, size
     if (old) {
         /* members and muted_by moved to the new record */
         retire(dir, old, group_retire_cb, NULL);
+        return BB_OK;
+    }
+    /* A new group: users may have muted it before it existed. */
+    for (uint32_t s = 0; s < dir->umutes.nslots; s++) {
+        const struct umute_ent *um = table_obj(&dir->umutes, s);
+        uint32_t us;
+        for (uint32_t i = 0; um && i < um->ngroups; i++) {
+            if (um->ids[um->nauthors + i] == g->id && table_find(&dir->users, um->user_id, &us) &&
+                (rc = field_add(dir, &g->muted_by, us)) != BB_OK) {
+                return rc;
+            }
+        }
     }
     return BB_OK;
 }
