@@ -95,6 +95,7 @@ int cmd_post(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
 int cmd_route(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
 int cmd_dead(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
 int cmd_dict(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
+int cmd_outputs(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
 int cmd_snapshot(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
 
 #endif

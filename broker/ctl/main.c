@@ -98,6 +98,17 @@ static const struct ctl_cmd commands[] = {
      "\n"
      "show: the current dictionary and the others stored.\n",
      cmd_dict},
+    {"outputs", "what the broker wrote to bb:out:*, per report",
+     "Usage: buurtbusctl outputs [--since ID] [--examples N]\n"
+     "\n"
+     "Decodes every bb:out:{push,email,inbox,digest,social} entry (from entry ID\n"
+     "on, default the start) as a worker would, and prints one line per report\n"
+     "or status update: its title, the deliveries per channel and a few\n"
+     "recipients by screen name.\n"
+     "\n"
+     "  --since ID     start at this stream id (all streams)\n"
+     "  --examples N   example recipients per report (default 3, at most 8)\n",
+     cmd_outputs},
     {"snapshot", "load the directory from Redis and print what it holds",
      "Usage: buurtbusctl snapshot\n"
      "\n"
