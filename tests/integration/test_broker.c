@@ -605,14 +605,26 @@ static void invalid_inputs_are_dead_lettered(void **state)
     }
     freeReplyObject(r);
     /* The garbage entry's original bytes are kept verbatim. */
-    r = redisCommand(rc, "XRANGE bb:dead - + COUNT 1");
-    redisReply *f = r->element[0]->element[1];
-    for (size_t k = 0; k + 1 < f->elements; k += 2) {
-        if (strcmp(f->element[k]->str, "p") == 0) {
-            assert_int_equal(f->element[k + 1]->len, 11);
-            assert_memory_equal(f->element[k + 1]->str, "\xff\xff\xff\x01garbage", 11);
+    r = redisCommand(rc, "XRANGE bb:dead - +");
+    bool checked = false;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *f = r->element[i]->element[1];
+        const redisReply *reason = NULL, *p = NULL;
+        for (size_t k = 0; k + 1 < f->elements; k += 2) {
+            if (strcmp(f->element[k]->str, "reason") == 0) {
+                reason = f->element[k + 1];
+            } else if (strcmp(f->element[k]->str, "p") == 0) {
+                p = f->element[k + 1];
+            }
+        }
+        if (reason && strcmp(reason->str, "decode_error") == 0) {
+            assert_non_null(p);
+            assert_int_equal(p->len, 11);
+            assert_memory_equal(p->str, "\xff\xff\xff\x01garbage", 11);
+            checked = true;
         }
     }
+    assert_true(checked);
     freeReplyObject(r);
     assert_true(cmd_int("XLEN bb:out:inbox") + cmd_int("XLEN bb:out:push") > 0);
 }
