@@ -54,7 +54,8 @@ struct slotmap {
 struct table {
     struct bb_dir *dir;
     size_t esz;
-    uint64_t (*key_of)(const void *elem); /* 0: empty element */
+    bool ptrs;                            /* elements are pointers to objects */
+    uint64_t (*key_of)(const void *item); /* of an element, or of an object; 0: empty */
     struct chunkdir *chunks;              /* published */
     struct slotmap *map;                  /* published */
     uint32_t nslots;                      /* slots ever handed out */
@@ -86,6 +87,7 @@ struct bb_dir {
     ck_epoch_t epoch;
     ck_epoch_record_t wrec;
     unsigned nreaders;
+    struct bb_dir_reader *readers; /* every reader ever made, for bb_dir_free */
     struct table users, groups, cells, mutes, follows, umutes;
     struct chunkdir *caps; /* _Atomic uint32_t[CHUNK_LEN] per chunk */
     uint32_t cell_prec_count[BB_GEOHASH_MAX_PRECISION + 1];
@@ -97,10 +99,14 @@ struct bb_dir {
     unsigned nzones;
 };
 
+/* ck_epoch never forgets a record: an unregistered one stays in its list
+ * for ck_epoch_recycle. So readers are never freed before the directory;
+ * a freed reader's record is recycled by the next bb_dir_reader_new. */
 struct bb_dir_reader {
+    ck_epoch_record_t rec; /* first: recycled records map back to readers */
     struct bb_dir *dir;
-    ck_epoch_record_t rec;
     ck_epoch_section_t section;
+    struct bb_dir_reader *next_all;
 };
 
 static void retired_cb(ck_epoch_entry_t *e)
@@ -265,12 +271,13 @@ static inline uint64_t mix64(uint64_t x)
     return x;
 }
 
-static void table_init(struct table *t, struct bb_dir *dir, size_t esz,
+static void table_init(struct table *t, struct bb_dir *dir, size_t esz, bool ptrs,
                        uint64_t (*key_of)(const void *))
 {
     memset(t, 0, sizeof(*t));
     t->dir = dir;
     t->esz = esz;
+    t->ptrs = ptrs;
     t->key_of = key_of;
 }
 
@@ -291,26 +298,44 @@ static inline void *table_obj(const struct table *t, uint32_t slot)
     return p ? fetch(*p) : NULL;
 }
 
-static bool table_find(const struct table *t, uint64_t key, uint32_t *slot)
+/* What a slot holds: the element itself, or for pointer tables the object
+ * it points to (loaded once). */
+static inline void *table_item(const struct table *t, uint32_t slot)
+{
+    void *e = table_at(t, slot);
+    return e && t->ptrs ? fetch(*(void **)e) : e;
+}
+
+/* The item with this key, and its slot. Returns the very item whose key was
+ * checked: a reader must not load the slot a second time, since the writer
+ * may have replaced it in between. */
+static void *table_get(const struct table *t, uint64_t key, uint32_t *slot)
 {
     const struct slotmap *m = fetch(((struct table *)t)->map);
     if (!m || key == 0) {
-        return false;
+        return NULL;
     }
     for (uint32_t h = (uint32_t)mix64(key) & m->mask;; h = (h + 1) & m->mask) {
         uint32_t v = atomic_load_explicit((_Atomic uint32_t *)&m->b[h], memory_order_acquire);
         if (v == MAP_EMPTY) {
-            return false;
+            return NULL;
         }
         if (v == MAP_TOMB) {
             continue;
         }
-        const void *e = table_at(t, v - 1);
-        if (e && t->key_of(e) == key) {
-            *slot = v - 1;
-            return true;
+        void *item = table_item(t, v - 1);
+        if (item && t->key_of(item) == key) {
+            if (slot) {
+                *slot = v - 1;
+            }
+            return item;
         }
     }
+}
+
+static bool table_find(const struct table *t, uint64_t key, uint32_t *slot)
+{
+    return table_get(t, key, slot) != NULL;
 }
 
 static void map_put(struct slotmap *m, uint64_t key, uint32_t slot, bool *reused_tomb)
@@ -344,8 +369,7 @@ static int map_grow(struct table *t)
         for (uint32_t i = 0; i <= old->mask; i++) {
             uint32_t v = old->b[i];
             if (v != MAP_EMPTY && v != MAP_TOMB) {
-                const void *e = table_at(t, v - 1);
-                map_put(m, t->key_of(e), v - 1, NULL);
+                map_put(m, t->key_of(table_item(t, v - 1)), v - 1, NULL);
             }
         }
     }
@@ -521,34 +545,29 @@ static uint64_t user_key(const void *e)
     return ((const struct bb_user *)e)->id;
 }
 
-static uint64_t group_key(const void *e)
+static uint64_t group_key(const void *o)
 {
-    const struct bb_group *g = fetch(*(void **)e);
-    return g ? g->id : 0;
+    return ((const struct bb_group *)o)->id;
 }
 
-static uint64_t cell_key(const void *e)
+static uint64_t cell_key(const void *o)
 {
-    const struct bb_cellent *c = fetch(*(void **)e);
-    return c ? c->code : 0;
+    return ((const struct bb_cellent *)o)->code;
 }
 
-static uint64_t mute_key(const void *e)
+static uint64_t mute_key(const void *o)
 {
-    const struct mute_ent *m = fetch(*(void **)e);
-    return m ? m->author_id : 0;
+    return ((const struct mute_ent *)o)->author_id;
 }
 
-static uint64_t follow_key(const void *e)
+static uint64_t follow_key(const void *o)
 {
-    const struct follow_ent *f = fetch(*(void **)e);
-    return f ? f->hash : 0;
+    return ((const struct follow_ent *)o)->hash;
 }
 
-static uint64_t umute_key(const void *e)
+static uint64_t umute_key(const void *o)
 {
-    const struct umute_ent *u = *(void **)e;
-    return u ? u->user_id : 0;
+    return ((const struct umute_ent *)o)->user_id;
 }
 
 /* ---- construction ------------------------------------------------------------------------ */
@@ -637,12 +656,12 @@ struct bb_dir *bb_dir_new(const struct bb_dir_params *params)
     }
     ck_epoch_init(&dir->epoch);
     ck_epoch_register(&dir->epoch, &dir->wrec, NULL);
-    table_init(&dir->users, dir, sizeof(struct bb_user), user_key);
-    table_init(&dir->groups, dir, sizeof(void *), group_key);
-    table_init(&dir->cells, dir, sizeof(void *), cell_key);
-    table_init(&dir->mutes, dir, sizeof(void *), mute_key);
-    table_init(&dir->follows, dir, sizeof(void *), follow_key);
-    table_init(&dir->umutes, dir, sizeof(void *), umute_key);
+    table_init(&dir->users, dir, sizeof(struct bb_user), false, user_key);
+    table_init(&dir->groups, dir, sizeof(void *), true, group_key);
+    table_init(&dir->cells, dir, sizeof(void *), true, cell_key);
+    table_init(&dir->mutes, dir, sizeof(void *), true, mute_key);
+    table_init(&dir->follows, dir, sizeof(void *), true, follow_key);
+    table_init(&dir->umutes, dir, sizeof(void *), true, umute_key);
     unsigned idx;
     if (locale_index(dir, "nl", &idx) != BB_OK) {
         goto fail;
@@ -724,6 +743,11 @@ void bb_dir_free(struct bb_dir *dir)
     for (unsigned i = 0; i < dir->nzones; i++) {
         bb_tz_free(dir->zones[i]);
     }
+    while (dir->readers) {
+        struct bb_dir_reader *r = dir->readers;
+        dir->readers = r->next_all;
+        free(r);
+    }
     free(dir);
 }
 
@@ -741,11 +765,17 @@ void bb_dir_reclaim_all(struct bb_dir *dir)
 
 struct bb_dir_reader *bb_dir_reader_new(struct bb_dir *dir)
 {
+    ck_epoch_record_t *rec = ck_epoch_recycle(&dir->epoch, NULL);
+    if (rec) {
+        return (struct bb_dir_reader *)rec;
+    }
     struct bb_dir_reader *r = calloc(1, sizeof(*r));
     if (!r) {
         return NULL;
     }
     r->dir = dir;
+    r->next_all = dir->readers;
+    dir->readers = r;
     ck_epoch_register(&dir->epoch, &r->rec, NULL);
     /* From here on every change goes through copy-on-write. Set by the
      * writer's thread before readers start (see directory.h). */
@@ -758,8 +788,7 @@ void bb_dir_reader_free(struct bb_dir_reader *r)
     if (!r) {
         return;
     }
-    ck_epoch_unregister(&r->rec);
-    free(r);
+    ck_epoch_unregister(&r->rec); /* the memory goes with the directory */
 }
 
 void bb_dir_read_begin(struct bb_dir_reader *r)
@@ -780,14 +809,7 @@ const struct bb_user *bb_dir_user_at(const struct bb_dir *dir, uint32_t slot)
 
 const struct bb_user *bb_dir_user_find(const struct bb_dir *dir, uint64_t id, uint32_t *slot)
 {
-    uint32_t s;
-    if (!table_find(&dir->users, id, &s)) {
-        return NULL;
-    }
-    if (slot) {
-        *slot = s;
-    }
-    return table_at(&dir->users, s);
+    return table_get(&dir->users, id, slot);
 }
 
 const struct bb_group *bb_dir_group_at(const struct bb_dir *dir, uint32_t slot)
@@ -797,20 +819,12 @@ const struct bb_group *bb_dir_group_at(const struct bb_dir *dir, uint32_t slot)
 
 const struct bb_group *bb_dir_group_find(const struct bb_dir *dir, uint64_t id, uint32_t *slot)
 {
-    uint32_t s;
-    if (!table_find(&dir->groups, id, &s)) {
-        return NULL;
-    }
-    if (slot) {
-        *slot = s;
-    }
-    return table_obj(&dir->groups, s);
+    return table_get(&dir->groups, id, slot);
 }
 
 const struct bb_cellent *bb_dir_cell_find(const struct bb_dir *dir, bb_cell code)
 {
-    uint32_t s;
-    return table_find(&dir->cells, code, &s) ? table_obj(&dir->cells, s) : NULL;
+    return table_get(&dir->cells, code, NULL);
 }
 
 uint32_t bb_dir_cell_precisions(const struct bb_dir *dir)
@@ -820,12 +834,8 @@ uint32_t bb_dir_cell_precisions(const struct bb_dir *dir)
 
 const struct bb_slots *bb_dir_muted_author(const struct bb_dir *dir, uint64_t author_id)
 {
-    uint32_t s;
-    if (!table_find(&dir->mutes, author_id, &s)) {
-        return NULL;
-    }
-    const struct mute_ent *m = table_obj(&dir->mutes, s);
-    return m ? fetch(((struct mute_ent *)m)->users) : NULL;
+    struct mute_ent *m = table_get(&dir->mutes, author_id, NULL);
+    return m ? fetch(m->users) : NULL;
 }
 
 static uint64_t str_hash(const char *s)
@@ -840,15 +850,11 @@ static uint64_t str_hash(const char *s)
 
 const struct bb_slots *bb_dir_followers(const struct bb_dir *dir, const char *report_id)
 {
-    uint32_t s;
-    if (!table_find(&dir->follows, str_hash(report_id), &s)) {
-        return NULL;
-    }
-    const struct follow_ent *f = table_obj(&dir->follows, s);
+    struct follow_ent *f = table_get(&dir->follows, str_hash(report_id), NULL);
     if (!f || strcmp(f->report_id, report_id) != 0) {
         return NULL;
     }
-    return fetch(((struct follow_ent *)f)->users);
+    return fetch(f->users);
 }
 
 const struct bb_slots *bb_group_members(const struct bb_group *g)
@@ -891,6 +897,11 @@ bool bb_dir_cap_take(const struct bb_dir *dir, uint32_t slot, uint32_t hour, uns
             return true;
         }
     }
+}
+
+unsigned bb_dir_default_precision(const struct bb_dir *dir)
+{
+    return dir->params.default_precision;
 }
 
 const char *bb_dir_locale_name(const struct bb_dir *dir, unsigned idx)
@@ -1096,8 +1107,10 @@ static int mute_target_add(struct bb_dir *dir, uint64_t author, uint64_t group, 
             return rc;
         }
     }
-    dir->nmutes++;
-    return field_add(dir, &m->users, uslot);
+    bool had = bb_slots_has(m->users, uslot);
+    int rc = field_add(dir, &m->users, uslot);
+    dir->nmutes += rc == BB_OK && !had;
+    return rc;
 }
 
 static void mute_target_remove(struct bb_dir *dir, uint64_t author, uint64_t group, uint32_t uslot)
@@ -1236,8 +1249,14 @@ int bb_dir_upsert_user(struct bb_dir *dir, const Bb__User *in, char *why, size_t
     if ((rc = cap_ensure(dir, slot)) != BB_OK || (rc = table_write(&dir->users, slot, &u)) != BB_OK) {
         return rc;
     }
-    if (!existed && (rc = table_index(&dir->users, u.id, slot)) != BB_OK) {
-        return rc;
+    if (!existed) {
+        /* A reused slot must not inherit the previous person's count. */
+        _Atomic uint32_t *ctr = (_Atomic uint32_t *)dir->caps->c[slot >> CHUNK_SHIFT] +
+                                (slot & (CHUNK_LEN - 1));
+        atomic_store_explicit(ctr, 0, memory_order_relaxed);
+        if ((rc = table_index(&dir->users, u.id, slot)) != BB_OK) {
+            return rc;
+        }
     }
 
     /* The watch area: move the user between cells where it changed. */

@@ -133,7 +133,10 @@ void bb_dir_stats(const struct bb_dir *dir, struct bb_dir_stats *out);
 
 /* --- readers ---------------------------------------------------------------------------- */
 
-/* One per reader thread, created by that thread or before it starts. */
+/* One per reader thread, created on the writer's thread before the reader
+ * starts. Freeing a reader unregisters it; its memory stays with the
+ * directory (ck_epoch keeps every record) and is reused by the next
+ * bb_dir_reader_new, so readers may come and go. */
 struct bb_dir_reader *bb_dir_reader_new(struct bb_dir *dir);
 void bb_dir_reader_free(struct bb_dir_reader *r); /* NULL is a no-op */
 void bb_dir_read_begin(struct bb_dir_reader *r);
@@ -161,6 +164,9 @@ bool bb_slots_has(const struct bb_slots *s, uint32_t slot);
  * (atomic): returns true if one more is within max for the hour "hour"
  * (hours since the epoch) and counts it. */
 bool bb_dir_cap_take(const struct bb_dir *dir, uint32_t slot, uint32_t hour, unsigned max);
+
+/* The default location precision (params.default_precision). */
+unsigned bb_dir_default_precision(const struct bb_dir *dir);
 
 /* Zones and locales named by the index (tz and locale fields of bb_user). */
 const char *bb_dir_locale_name(const struct bb_dir *dir, unsigned idx);

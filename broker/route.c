@@ -12,13 +12,19 @@
 #include "delivery.pb-c.h"
 #include "tz.h"
 
+/* A set of slots, cleared in time proportional to what was set. */
+struct bitset {
+    uint64_t *w;
+    uint32_t nw;
+    uint32_t *touched; /* slots set, to clear after the report */
+    uint32_t n, cap;
+};
+
 struct bb_router {
     struct bb_dir *dir;
     struct bb_dir_reader *reader;
-    uint64_t *seen; /* bit per user slot */
-    uint32_t seen_words;
-    uint32_t *touched; /* slots whose bit is set, to clear after the report */
-    uint32_t ntouched, touched_cap;
+    struct bitset seen;   /* users considered */
+    struct bitset groups; /* groups expanded (cells of several precisions may name one) */
     struct bb_route_result res;
     /* per report */
     const struct Bb__Report *rep;
@@ -32,6 +38,63 @@ struct bb_router {
     uint8_t zone_ok[BB_ZONES_MAX];
     bool oom;
 };
+
+/* Adds slot; false if it was there already (or memory ran out). */
+static inline bool bitset_add(struct bitset *b, uint32_t slot, bool *oom)
+{
+    uint32_t w = slot >> 6;
+    if (__builtin_expect(w >= b->nw, 0)) {
+        uint32_t nw = b->nw ? b->nw : 1024;
+        while (nw <= w) {
+            nw *= 2;
+        }
+        uint64_t *s = realloc(b->w, nw * sizeof(uint64_t));
+        if (!s) {
+            *oom = true;
+            return false;
+        }
+        memset(s + b->nw, 0, (nw - b->nw) * sizeof(uint64_t));
+        b->w = s;
+        b->nw = nw;
+    }
+    uint64_t bit = 1ULL << (slot & 63);
+    if (b->w[w] & bit) {
+        return false;
+    }
+    if (__builtin_expect(b->n == b->cap, 0)) {
+        uint32_t nc = b->cap ? b->cap * 2 : 4096;
+        uint32_t *t = realloc(b->touched, nc * sizeof(*t));
+        if (!t) {
+            *oom = true;
+            return false;
+        }
+        b->touched = t;
+        b->cap = nc;
+    }
+    b->w[w] |= bit;
+    b->touched[b->n++] = slot;
+    return true;
+}
+
+static inline bool bitset_has(const struct bitset *b, uint32_t slot)
+{
+    uint32_t w = slot >> 6;
+    return w < b->nw && (b->w[w] >> (slot & 63)) & 1;
+}
+
+static void bitset_clear(struct bitset *b)
+{
+    for (uint32_t i = 0; i < b->n; i++) {
+        b->w[b->touched[i] >> 6] = 0;
+    }
+    b->n = 0;
+}
+
+static void bitset_free(struct bitset *b)
+{
+    free(b->w);
+    free(b->touched);
+}
 
 static const char *const route_names[] = {"", "group", "area", "watch", "reporter", "follower"};
 static const char *const verdict_names[] = {
@@ -113,8 +176,8 @@ void bb_router_free(struct bb_router *r)
         }
     }
     free(r->res.social.ids);
-    free(r->seen);
-    free(r->touched);
+    bitset_free(&r->seen);
+    bitset_free(&r->groups);
     free(r);
 }
 
@@ -133,55 +196,20 @@ static bool rlist_push(struct bb_rlist *l, uint64_t id)
     return true;
 }
 
-/* Marks slot seen; false if it already was (or memory ran out). */
 static inline bool mark(struct bb_router *r, uint32_t slot)
 {
-    uint32_t w = slot >> 6;
-    if (__builtin_expect(w >= r->seen_words, 0)) {
-        uint32_t nw = r->seen_words ? r->seen_words : 1024;
-        while (nw <= w) {
-            nw *= 2;
-        }
-        uint64_t *s = realloc(r->seen, nw * sizeof(uint64_t));
-        if (!s) {
-            r->oom = true;
-            return false;
-        }
-        memset(s + r->seen_words, 0, (nw - r->seen_words) * sizeof(uint64_t));
-        r->seen = s;
-        r->seen_words = nw;
-    }
-    uint64_t bit = 1ULL << (slot & 63);
-    if (r->seen[w] & bit) {
-        return false;
-    }
-    if (__builtin_expect(r->ntouched == r->touched_cap, 0)) {
-        uint32_t nc = r->touched_cap ? r->touched_cap * 2 : 4096;
-        uint32_t *t = realloc(r->touched, nc * sizeof(*t));
-        if (!t) {
-            r->oom = true;
-            return false;
-        }
-        r->touched = t;
-        r->touched_cap = nc;
-    }
-    r->seen[w] |= bit;
-    r->touched[r->ntouched++] = slot;
-    return true;
+    return bitset_add(&r->seen, slot, &r->oom);
 }
 
 static inline bool is_seen(const struct bb_router *r, uint32_t slot)
 {
-    uint32_t w = slot >> 6;
-    return w < r->seen_words && (r->seen[w] >> (slot & 63)) & 1;
+    return bitset_has(&r->seen, slot);
 }
 
 static void reset(struct bb_router *r)
 {
-    for (uint32_t i = 0; i < r->ntouched; i++) {
-        r->seen[r->touched[i] >> 6] = 0;
-    }
-    r->ntouched = 0;
+    bitset_clear(&r->seen);
+    bitset_clear(&r->groups);
     for (unsigned c = 0; c < BB_CHANNELS; c++) {
         for (uint32_t used = r->res.used[c]; used; used &= used - 1) {
             r->res.lists[c][__builtin_ctz(used)].n = 0;
@@ -384,6 +412,7 @@ int bb_route_report(struct bb_router *r, const Bb__Report *rep, struct bb_explai
         return BB_ENOTFOUND;
     }
     if (own) {
+        bitset_add(&r->groups, gslot, &r->oom);
         r->res.precision = own->precision;
         snprintf(r->res.group_name, sizeof(r->res.group_name), "%s", own->name);
         exclude(r, bb_group_muted_by(own), BB_V_MUTED_GROUP, own->id);
@@ -405,6 +434,9 @@ int bb_route_report(struct bb_router *r, const Bb__Report *rep, struct bb_explai
     for (unsigned i = 0; i < ncells; i++) {
         const struct bb_slots *gs = bb_cell_groups(cells[i]);
         for (uint32_t j = 0; gs && j < gs->n; j++) {
+            if (!bitset_add(&r->groups, gs->v[j], &r->oom)) {
+                continue; /* reached through another cell already */
+            }
             const struct bb_group *g = bb_dir_group_at(r->dir, gs->v[j]);
             if (g && g != own) {
                 expand_group(r, g, BB_ROUTE_AREA, refused, &nrefused);
@@ -451,7 +483,7 @@ int bb_route_report(struct bb_router *r, const Bb__Report *rep, struct bb_explai
     }
     bb_dir_read_end(r->reader);
     if (!r->res.precision) {
-        r->res.precision = 7;
+        r->res.precision = (uint8_t)bb_dir_default_precision(r->dir);
     }
     *out = &r->res;
     return r->oom ? BB_ENOMEM : BB_OK;
@@ -479,7 +511,7 @@ int bb_route_status(struct bb_router *r, const Bb__ReportStatus *st, struct bb_e
         }
     }
     bb_dir_read_end(r->reader);
-    r->res.precision = 7;
+    r->res.precision = (uint8_t)bb_dir_default_precision(r->dir);
     *out = &r->res;
     return r->oom ? BB_ENOMEM : BB_OK;
 }
