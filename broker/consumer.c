@@ -518,7 +518,13 @@ static void on_tail(struct bb_conn *conn, redisReply *r, void *priv)
             int rc = bb_dir_apply(c->dir, ev, why, sizeof(why));
             bb__directory_event__free_unpacked(ev, NULL);
             if (rc != BB_OK) {
-                dir_dead(c, id, why[0] ? why : bb_strerror(rc), p->str, p->len);
+                /* Writers check events before they append them (bb_store),
+                 * so a refusal here is an ordering effect — replaying the
+                 * tail over a snapshot that already holds a later state
+                 * (a membership of a user erased since) — not bad input. */
+                atomic_fetch_add(&bb_metrics.directory_errors, 1);
+                bb_warn("directory event not applied", "entry=%s reason=%s", id,
+                        why[0] ? why : bb_strerror(rc));
                 continue;
             }
             atomic_fetch_add(&bb_metrics.directory_events, 1);

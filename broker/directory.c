@@ -722,9 +722,8 @@ void bb_dir_free(struct bb_dir *dir)
     if (!dir) {
         return;
     }
-    if (dir->nreaders == 0) {
-        ck_epoch_barrier(&dir->wrec);
-    }
+    /* No reader is in a section now (see directory.h): run every deferred free. */
+    ck_epoch_barrier(&dir->wrec);
     table_destroy(&dir->users, NULL);
     table_destroy(&dir->groups, group_free);
     table_destroy(&dir->cells, cell_free);
