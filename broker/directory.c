@@ -480,6 +480,23 @@ static int table_index(struct table *t, uint64_t key, uint32_t slot)
     return BB_OK;
 }
 
+/* Puts a new object under key in a pointer table. On failure nothing is
+ * indexed and the caller still owns obj. */
+static int table_insert_ptr(struct table *t, uint64_t key, void *obj, uint32_t *slot)
+{
+    int rc = table_alloc_slot(t, slot);
+    if (rc == BB_OK) {
+        rc = table_write_ptr(t, *slot, obj);
+    }
+    if (rc == BB_OK) {
+        rc = table_index(t, key, *slot);
+    }
+    if (rc != BB_OK && *slot < t->nslots) {
+        table_write_ptr(t, *slot, NULL);
+    }
+    return rc;
+}
+
 static void slot_free_cb(void *ctx, void *ptr)
 {
     struct table *t = ctx;
@@ -948,13 +965,7 @@ static int cell_get(struct bb_dir *dir, bb_cell code, bool create, struct bb_cel
         return BB_ENOMEM;
     }
     c->code = code;
-    int rc = table_alloc_slot(&dir->cells, &slot);
-    if (rc == BB_OK) {
-        rc = table_write_ptr(&dir->cells, slot, c);
-    }
-    if (rc == BB_OK) {
-        rc = table_index(&dir->cells, code, slot);
-    }
+    int rc = table_insert_ptr(&dir->cells, code, c, &slot);
     if (rc != BB_OK) {
         free(c);
         return rc;
@@ -1094,13 +1105,7 @@ static int mute_target_add(struct bb_dir *dir, uint64_t author, uint64_t group, 
             return BB_ENOMEM;
         }
         m->author_id = author;
-        int rc = table_alloc_slot(&dir->mutes, &s);
-        if (rc == BB_OK) {
-            rc = table_write_ptr(&dir->mutes, s, m);
-        }
-        if (rc == BB_OK) {
-            rc = table_index(&dir->mutes, author, s);
-        }
+        int rc = table_insert_ptr(&dir->mutes, author, m, &s);
         if (rc != BB_OK) {
             free(m);
             return rc;
@@ -1177,13 +1182,7 @@ static int umute_set(struct bb_dir *dir, uint64_t user_id, uint32_t uslot, const
         }
         free(old); /* writer-only: no reader can hold it */
     } else if (nw) {
-        int rc = table_alloc_slot(&dir->umutes, &s);
-        if (rc == BB_OK) {
-            rc = table_write_ptr(&dir->umutes, s, nw);
-        }
-        if (rc == BB_OK) {
-            rc = table_index(&dir->umutes, user_id, s);
-        }
+        int rc = table_insert_ptr(&dir->umutes, user_id, nw, &s);
         if (rc != BB_OK) {
             free(nw);
             return rc;
@@ -1603,13 +1602,7 @@ int bb_dir_add_follow(struct bb_dir *dir, uint64_t user_id, const char *report_i
             return BB_ENOMEM;
         }
         f->hash = h;
-        int rc = table_alloc_slot(&dir->follows, &s);
-        if (rc == BB_OK) {
-            rc = table_write_ptr(&dir->follows, s, f);
-        }
-        if (rc == BB_OK) {
-            rc = table_index(&dir->follows, h, s);
-        }
+        int rc = table_insert_ptr(&dir->follows, h, f, &s);
         if (rc != BB_OK) {
             follow_free(f);
             return rc;

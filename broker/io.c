@@ -290,21 +290,26 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     free(p);
 }
 
-int bb_conn_command(struct bb_conn *c, bb_reply_fn *cb, void *priv, int argc, const char **argv,
-                    const size_t *argvlen)
+/* The bookkeeping every command carries to on_reply; NULL if not ready. */
+static struct pending *pending_new(struct bb_conn *c, bb_reply_fn *cb, void *priv)
 {
     if (c->state != CS_READY) {
-        return BB_AGAIN;
+        return NULL;
     }
     struct pending *p = malloc(sizeof(*p));
     if (!p) {
-        return BB_ENOMEM;
+        return NULL;
     }
     *p = (struct pending){c, c->gen, cb, priv};
     if (!c->outstanding) {
         c->progress_ms = bb_mono_ms();
     }
-    if (redisAsyncCommandArgv(c->ac, on_reply, p, argc, argv, argvlen) != REDIS_OK) {
+    return p;
+}
+
+static int pending_sent(struct bb_conn *c, struct pending *p, int rc)
+{
+    if (rc != REDIS_OK) {
         free(p);
         return BB_EIO;
     }
@@ -312,29 +317,27 @@ int bb_conn_command(struct bb_conn *c, bb_reply_fn *cb, void *priv, int argc, co
     return BB_OK;
 }
 
+int bb_conn_command(struct bb_conn *c, bb_reply_fn *cb, void *priv, int argc, const char **argv,
+                    const size_t *argvlen)
+{
+    struct pending *p = pending_new(c, cb, priv);
+    if (!p) {
+        return c->state != CS_READY ? BB_AGAIN : BB_ENOMEM;
+    }
+    return pending_sent(c, p, redisAsyncCommandArgv(c->ac, on_reply, p, argc, argv, argvlen));
+}
+
 int bb_conn_commandf(struct bb_conn *c, bb_reply_fn *cb, void *priv, const char *fmt, ...)
 {
-    if (c->state != CS_READY) {
-        return BB_AGAIN;
-    }
-    struct pending *p = malloc(sizeof(*p));
+    struct pending *p = pending_new(c, cb, priv);
     if (!p) {
-        return BB_ENOMEM;
-    }
-    *p = (struct pending){c, c->gen, cb, priv};
-    if (!c->outstanding) {
-        c->progress_ms = bb_mono_ms();
+        return c->state != CS_READY ? BB_AGAIN : BB_ENOMEM;
     }
     va_list ap;
     va_start(ap, fmt);
     int rc = redisvAsyncCommand(c->ac, on_reply, p, fmt, ap);
     va_end(ap);
-    if (rc != REDIS_OK) {
-        free(p);
-        return BB_EIO;
-    }
-    c->outstanding++;
-    return BB_OK;
+    return pending_sent(c, p, rc);
 }
 
 void bb_conn_reset(struct bb_conn *c, const char *why)
