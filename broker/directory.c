@@ -193,6 +193,7 @@ static int slots_with(const struct bb_slots *s, uint32_t slot, struct bb_slots *
         return BB_ENOMEM;
     }
     t->n = n + 1;
+    t->cap = n + 1;
     if (p) {
         memcpy(t->v, s->v, p * sizeof(uint32_t));
     }
@@ -224,15 +225,45 @@ static int slots_without(const struct bb_slots *s, uint32_t slot, struct bb_slot
         return BB_ENOMEM;
     }
     t->n = s->n - 1;
+    t->cap = t->n;
     memcpy(t->v, s->v, p * sizeof(uint32_t));
     memcpy(t->v + p, s->v + p + 1, (s->n - p - 1) * sizeof(uint32_t));
     *out = t;
     return BB_OK;
 }
 
+/* Without readers a list grows in place, doubling: building an index of
+ * millions must not copy a 5,000-member list per member. */
+static int field_add_unshared(struct bb_slots **field, uint32_t slot)
+{
+    struct bb_slots *s = *field;
+    uint32_t n = s ? s->n : 0, p = slots_pos(s, slot);
+    if (p < n && s->v[p] == slot) {
+        return BB_OK;
+    }
+    if (!s || s->n == s->cap) {
+        uint32_t cap = s ? s->cap * 2 : 4;
+        struct bb_slots *g = realloc(s, slots_size(cap));
+        if (!g) {
+            return BB_ENOMEM;
+        }
+        g->n = n;
+        g->cap = cap;
+        s = g;
+    }
+    memmove(s->v + p + 1, s->v + p, (n - p) * sizeof(uint32_t));
+    s->v[p] = slot;
+    s->n = n + 1;
+    *field = s;
+    return BB_OK;
+}
+
 /* Adds slot to the slots published at *field. */
 static int field_add(struct bb_dir *dir, struct bb_slots **field, uint32_t slot)
 {
+    if (dir->nreaders == 0) {
+        return field_add_unshared(field, slot);
+    }
     struct bb_slots *old = fetch(*field), *nw;
     int rc = slots_with(old, slot, &nw);
     if (rc != BB_OK || !nw) {
@@ -356,7 +387,7 @@ static void map_put(struct slotmap *m, uint64_t key, uint32_t slot, bool *reused
 static int map_grow(struct table *t)
 {
     uint32_t want = 16;
-    while ((uint64_t)want * 7 < (uint64_t)(t->used + 1) * 20) { /* load <= 0.35 after a grow */
+    while ((uint64_t)want < (uint64_t)(t->used + 1) * 2) { /* load <= 0.5 after a grow */
         want <<= 1;
     }
     struct slotmap *m = calloc(1, sizeof(*m) + (size_t)want * sizeof(uint32_t));
@@ -765,6 +796,167 @@ void bb_dir_free(struct bb_dir *dir)
         free(r);
     }
     free(dir);
+}
+
+/* ---- compaction (before readers) --------------------------------------------------------- */
+
+static int cap_ensure(struct bb_dir *dir, uint32_t slot);
+
+struct order {
+    uint64_t key;
+    uint32_t slot;
+};
+
+static int order_cmp(const void *a, const void *b)
+{
+    const struct order *x = a, *y = b;
+    if (x->key != y->key) {
+        return x->key < y->key ? -1 : 1;
+    }
+    return x->slot < y->slot ? -1 : x->slot > y->slot;
+}
+
+static int u32_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Renumbers (remap non-NULL) and trims one list. */
+static void slots_rewrite(struct bb_slots **field, const uint32_t *remap)
+{
+    struct bb_slots *s = *field;
+    if (!s) {
+        return;
+    }
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < s->n; i++) {
+        uint32_t v = remap ? remap[s->v[i]] : s->v[i];
+        if (v != UINT32_MAX) {
+            s->v[n++] = v;
+        }
+    }
+    if (remap) {
+        qsort(s->v, n, sizeof(uint32_t), u32_cmp);
+    }
+    s->n = n;
+    if (n == 0) {
+        free(s);
+        *field = NULL;
+        return;
+    }
+    struct bb_slots *t = realloc(s, slots_size(n));
+    s = t ? t : s;
+    s->cap = n;
+    *field = s;
+}
+
+static void chunks_free(struct chunkdir *cd)
+{
+    for (uint32_t i = 0; cd && i < cd->n; i++) {
+        free(cd->c[i]);
+    }
+    free(cd);
+}
+
+int bb_dir_compact(struct bb_dir *dir)
+{
+    if (dir->nreaders) {
+        return BB_EINVAL;
+    }
+    struct table *t = &dir->users;
+    uint32_t n = t->nslots, k = 0;
+    struct order *ord = malloc((n ? n : 1) * sizeof(*ord));
+    uint32_t *remap = malloc((n ? n : 1) * sizeof(*remap));
+    struct chunkdir *cd = NULL;
+    if (!ord || !remap) {
+        goto fail;
+    }
+    for (uint32_t slot = 0; slot < n; slot++) {
+        const struct bb_user *u = table_at(t, slot);
+        remap[slot] = UINT32_MAX;
+        if (u && u->id) {
+            /* People without a watch area go last, in id order. */
+            uint64_t key = u->radius_m ? bb_geohash_encode(u->lat, u->lon, 12) : UINT64_MAX;
+            ord[k++] = (struct order){key, slot};
+        }
+    }
+    qsort(ord, k, sizeof(*ord), order_cmp);
+    uint32_t nchunks = (k + CHUNK_LEN - 1) / CHUNK_LEN;
+    cd = calloc(1, sizeof(*cd) + (nchunks ? nchunks : 1) * sizeof(void *));
+    if (!cd) {
+        goto fail;
+    }
+    cd->n = nchunks ? nchunks : 1;
+    for (uint32_t c = 0; c < cd->n; c++) {
+        if (!(cd->c[c] = calloc(CHUNK_LEN, t->esz))) {
+            goto fail;
+        }
+    }
+    for (uint32_t i = 0; i < k; i++) {
+        remap[ord[i].slot] = i;
+        memcpy((char *)cd->c[i >> CHUNK_SHIFT] + (size_t)(i & (CHUNK_LEN - 1)) * t->esz,
+               table_at(t, ord[i].slot), t->esz);
+    }
+    /* From here on nothing can fail but the map, which is rebuilt below. */
+    chunks_free(t->chunks);
+    t->chunks = cd;
+    cd = NULL;
+    chunks_free(dir->caps);
+    dir->caps = NULL;
+    for (uint32_t i = 0; i < k; i += CHUNK_LEN) {
+        if (cap_ensure(dir, i) != BB_OK) {
+            goto fail_map;
+        }
+    }
+    free(t->map);
+    t->map = NULL;
+    t->used = t->tombs = 0;
+    t->nslots = k;
+    t->nfree = 0;
+    for (uint32_t i = 0; i < k; i++) {
+        if (table_index(t, ((struct bb_user *)table_at(t, i))->id, i) != BB_OK) {
+            goto fail_map;
+        }
+    }
+    for (uint32_t gs = 0; gs < dir->groups.nslots; gs++) {
+        struct bb_group *g = table_obj(&dir->groups, gs);
+        if (g) {
+            slots_rewrite(&g->members, remap);
+            slots_rewrite(&g->muted_by, remap);
+        }
+    }
+    for (uint32_t cs = 0; cs < dir->cells.nslots; cs++) {
+        struct bb_cellent *c = table_obj(&dir->cells, cs);
+        if (c) {
+            slots_rewrite(&c->users, remap);
+            slots_rewrite(&c->groups, NULL);
+        }
+    }
+    for (uint32_t ms = 0; ms < dir->mutes.nslots; ms++) {
+        struct mute_ent *m = table_obj(&dir->mutes, ms);
+        if (m) {
+            slots_rewrite(&m->users, remap);
+        }
+    }
+    for (uint32_t fs = 0; fs < dir->follows.nslots; fs++) {
+        struct follow_ent *f = table_obj(&dir->follows, fs);
+        if (f) {
+            slots_rewrite(&f->users, remap);
+        }
+    }
+    free(ord);
+    free(remap);
+    return BB_OK;
+
+fail_map:
+    /* The records moved but lookups are gone: this index is unusable. */
+    bb_error("out of memory while compacting the index", NULL);
+fail:
+    chunks_free(cd);
+    free(ord);
+    free(remap);
+    return BB_ENOMEM;
 }
 
 void bb_dir_reclaim(struct bb_dir *dir)

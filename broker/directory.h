@@ -66,6 +66,7 @@ struct bb_user {
 /* An immutable array of slots (users or groups), sorted ascending. */
 struct bb_slots {
     uint32_t n;
+    uint32_t cap; /* room for v; > n only while the index is built without readers */
     uint32_t v[];
 };
 
@@ -125,6 +126,11 @@ int bb_dir_add_member(struct bb_dir *dir, uint64_t user_id, uint64_t group_id, c
                       size_t whylen);
 int bb_dir_add_follow(struct bb_dir *dir, uint64_t user_id, const char *report_id, char *why,
                       size_t whylen);
+/* Renumbers users along the geohash curve of their watch-area centres, so
+ * that neighbours — who are routed together — sit in neighbouring memory,
+ * and trims every list to its size. Only before the first reader exists
+ * (after a snapshot load); BB_EINVAL otherwise. */
+int bb_dir_compact(struct bb_dir *dir);
 /* Frees what readers can no longer see. Never blocks; call it now and then. */
 void bb_dir_reclaim(struct bb_dir *dir);
 /* Waits until every retired object is freed (readers must make progress). */

@@ -221,6 +221,14 @@ int main(int argc, char **argv)
         status = stop_requested ? 0 : 1;
         goto out_dir;
     }
+    /* Before the routers start: neighbours into neighbouring memory. */
+    if (bb_dir_compact(dir) != BB_OK) {
+        goto out_dir;
+    }
+    struct bb_dir_stats ds;
+    bb_dir_stats(dir, &ds);
+    bb_info("index ready", "users=%zu groups=%zu cells=%zu bytes_per_user=%.1f", ds.users,
+            ds.groups, ds.cells, ds.users ? (double)ds.bytes_users / (double)ds.users : 0.0);
 
     evthread_use_pthreads();
     struct event_base *base = event_base_new();
