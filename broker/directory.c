@@ -46,10 +46,32 @@ struct chunkdir {
     void *c[];
 };
 
+/* Any size, not only powers of two, so the map can be sized to its load:
+ * a bucket is picked by multiply-shift instead of a mask. */
 struct slotmap {
-    uint32_t mask;
+    uint32_t size;
     uint32_t b[];
 };
+
+static inline uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+static inline uint32_t map_home(const struct slotmap *m, uint64_t key)
+{
+    return (uint32_t)(((mix64(key) >> 32) * (uint64_t)m->size) >> 32);
+}
+
+static inline uint32_t map_next(const struct slotmap *m, uint32_t h)
+{
+    return h + 1 == m->size ? 0 : h + 1;
+}
 
 struct table {
     struct bb_dir *dir;
@@ -292,15 +314,6 @@ static int field_remove(struct bb_dir *dir, struct bb_slots **field, uint32_t sl
 
 /* ---- tables ------------------------------------------------------------------------------ */
 
-static inline uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
 
 static void table_init(struct table *t, struct bb_dir *dir, size_t esz, bool ptrs,
                        uint64_t (*key_of)(const void *))
@@ -346,7 +359,7 @@ static void *table_get(const struct table *t, uint64_t key, uint32_t *slot)
     if (!m || key == 0) {
         return NULL;
     }
-    for (uint32_t h = (uint32_t)mix64(key) & m->mask;; h = (h + 1) & m->mask) {
+    for (uint32_t h = map_home(m, key);; h = map_next(m, h)) {
         uint32_t v = atomic_load_explicit((_Atomic uint32_t *)&m->b[h], memory_order_acquire);
         if (v == MAP_EMPTY) {
             return NULL;
@@ -371,8 +384,8 @@ static bool table_find(const struct table *t, uint64_t key, uint32_t *slot)
 
 static void map_put(struct slotmap *m, uint64_t key, uint32_t slot, bool *reused_tomb)
 {
-    uint32_t h = (uint32_t)mix64(key) & m->mask;
-    for (;; h = (h + 1) & m->mask) {
+    uint32_t h = map_home(m, key);
+    for (;; h = map_next(m, h)) {
         uint32_t v = m->b[h];
         if (v == MAP_EMPTY || v == MAP_TOMB) {
             if (reused_tomb) {
@@ -386,18 +399,18 @@ static void map_put(struct slotmap *m, uint64_t key, uint32_t slot, bool *reused
 
 static int map_grow(struct table *t)
 {
-    uint32_t want = 16;
-    while ((uint64_t)want < (uint64_t)(t->used + 1) * 2) { /* load <= 0.5 after a grow */
-        want <<= 1;
+    uint64_t want = (uint64_t)(t->used + 1) * 8 / 5 + 16; /* load ~0.62 after a grow */
+    if (want > UINT32_MAX - 1) {
+        return BB_EFULL;
     }
     struct slotmap *m = calloc(1, sizeof(*m) + (size_t)want * sizeof(uint32_t));
     if (!m) {
         return BB_ENOMEM;
     }
-    m->mask = want - 1;
+    m->size = (uint32_t)want;
     struct slotmap *old = t->map;
     if (old) {
-        for (uint32_t i = 0; i <= old->mask; i++) {
+        for (uint32_t i = 0; i < old->size; i++) {
             uint32_t v = old->b[i];
             if (v != MAP_EMPTY && v != MAP_TOMB) {
                 map_put(m, t->key_of(table_item(t, v - 1)), v - 1, NULL);
@@ -496,7 +509,7 @@ static int table_alloc_slot(struct table *t, uint32_t *slot)
 /* Makes key findable at slot (the element must already hold key). */
 static int table_index(struct table *t, uint64_t key, uint32_t slot)
 {
-    if (!t->map || (uint64_t)(t->used + t->tombs + 1) * 10 > (uint64_t)(t->map->mask + 1) * 7) {
+    if (!t->map || (uint64_t)(t->used + t->tombs + 1) * 4 > (uint64_t)t->map->size * 3) {
         int rc = map_grow(t);
         if (rc != BB_OK) {
             return rc;
@@ -552,7 +565,7 @@ static void table_unindex(struct table *t, uint64_t key, uint32_t slot)
     if (!m) {
         return;
     }
-    for (uint32_t h = (uint32_t)mix64(key) & m->mask;; h = (h + 1) & m->mask) {
+    for (uint32_t h = map_home(m, key);; h = map_next(m, h)) {
         uint32_t v = m->b[h];
         if (v == MAP_EMPTY) {
             return;
@@ -1903,7 +1916,7 @@ void bb_dir_stats(const struct bb_dir *dir, struct bb_dir_stats *out)
     out->mutes = dir->nmutes;
     out->follows = dir->nfollows;
     size_t user_chunks = (dir->users.nslots + CHUNK_LEN - 1) / CHUNK_LEN;
-    size_t map = dir->users.map ? (size_t)(dir->users.map->mask + 1) * 4 : 0;
+    size_t map = dir->users.map ? (size_t)dir->users.map->size * 4 : 0;
     out->bytes_users = user_chunks * CHUNK_LEN * (sizeof(struct bb_user) + sizeof(uint32_t)) +
                        map + (dir->memberships + dir->watch_cells) * sizeof(uint32_t);
     size_t other = 0;
@@ -1911,7 +1924,7 @@ void bb_dir_stats(const struct bb_dir *dir, struct bb_dir_stats *out)
     for (size_t i = 0; i < 4; i++) {
         const struct table *t = ptabs[i];
         other += ((t->nslots + CHUNK_LEN - 1) / CHUNK_LEN) * CHUNK_LEN * sizeof(void *);
-        other += t->map ? (size_t)(t->map->mask + 1) * 4 : 0;
+        other += t->map ? (size_t)t->map->size * 4 : 0;
     }
     other += dir->groups.used * (sizeof(struct bb_group) + 32) +
              dir->cells.used * (sizeof(struct bb_cellent) + 2 * sizeof(struct bb_slots) + 16);

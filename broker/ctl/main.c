@@ -165,7 +165,7 @@ int ctl_parse_long(const struct ctl_cmd *cmd, const char *opt, const char *s, lo
 
 int ctl_common_opt(struct ctl *ctl, const struct ctl_cmd *cmd, int opt, const char *arg)
 {
-    long v;
+    long v = 0;
     switch (opt) {
     case 'R':
         ctl->redis = arg;
