@@ -68,6 +68,7 @@ struct bb_consumer {
     char sha[48];
     bool cmd_ready; /* script loaded and groups exist */
     bool reading, tailing, stopping, paused;
+    bool bp_known; /* output backlog measured since the commands connection came up */
     bool pending_phase[NSRC];
     char pending_from[NSRC][48];
     char dir_last[48];
@@ -356,7 +357,8 @@ static void on_read(struct bb_conn *conn, redisReply *r, void *priv)
 
 static void read_next(struct bb_consumer *c)
 {
-    if (c->reading || c->stopping || c->paused || !c->cmd_ready || !bb_conn_is_ready(c->reader)) {
+    if (c->reading || c->stopping || c->paused || !c->bp_known || !c->cmd_ready ||
+        !bb_conn_is_ready(c->reader)) {
         return;
     }
     int64_t room = c->cfg->max_inflight - c->inflight;
@@ -612,6 +614,8 @@ static void on_xlen(struct bb_conn *conn, redisReply *r, void *priv)
         return;
     }
     atomic_store(&bb_metrics.backlog_max, c->bp_max);
+    bool first = !c->bp_known;
+    c->bp_known = true;
     if (!c->paused && c->bp_max >= c->cfg->out_high_watermark) {
         c->paused = true;
         atomic_store(&bb_metrics.paused, 1);
@@ -621,6 +625,8 @@ static void on_xlen(struct bb_conn *conn, redisReply *r, void *priv)
         c->paused = false;
         atomic_store(&bb_metrics.paused, 0);
         bb_info("output backlog drained, resuming input", "backlog=%lld", (long long)c->bp_max);
+        read_next(c);
+    } else if (first) {
         read_next(c);
     }
 }
@@ -663,6 +669,9 @@ static void on_script(struct bb_conn *conn, redisReply *r, void *priv)
     c->cmd_ready = true;
     atomic_store(&bb_metrics.ready, 1);
     check_dict(c);
+    /* Measure the outputs before the first read: a broker (re)starting into
+     * a full backlog must not add to it. */
+    on_bp_tick(-1, 0, c);
     /* Commits that waited for the connection go out on the next tick. */
     read_next(c);
 }
@@ -684,6 +693,8 @@ static void on_commands_down(struct bb_conn *conn, void *arg)
 {
     struct bb_consumer *c = arg;
     c->cmd_ready = false;
+    c->bp_known = false;
+    c->bp_pending = 0;
     atomic_store(&bb_metrics.ready, 0);
 }
 
