@@ -43,8 +43,12 @@ static const char *const src_streams[NSRC] = {"bb:reports", "bb:report-status"};
 /* KEYS[1] source stream, KEYS[2..] output streams.
  * ARGV[1] group, ARGV[2] entry id, ARGV[3] consumer, then for each output:
  * a field count n and n field/value pairs. Returns the number of entries
- * added, 0 if the entry was no longer pending, -1 if another consumer owns it. */
+ * added, 0 if the entry was no longer pending, -1 if another consumer owns it.
+ * The "#!lua" line (Redis 7) declares a writing script without allow-oom:
+ * Redis refuses it whole when memory is over maxmemory, instead of failing
+ * at some XADD after others went in. */
 static const char commit_script[] =
+    "#!lua\n"
     "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)\n"
     "if #p == 0 then return 0 end\n"
     "if p[1][2] ~= ARGV[3] then return -1 end\n"
@@ -661,8 +665,12 @@ static void on_script(struct bb_conn *conn, redisReply *r, void *priv)
 {
     struct bb_consumer *c = priv;
     if (!r || r->type != REDIS_REPLY_STRING) {
+        /* E.g. Redis at maxmemory: try again after a reconnect's backoff. */
         bb_error("cannot load the commit script", "err=\"%.120s\"",
                  r && r->type == REDIS_REPLY_ERROR ? r->str : "no reply");
+        if (r) {
+            bb_conn_reset(c->commands, "commit script not loaded");
+        }
         return;
     }
     snprintf(c->sha, sizeof(c->sha), "%s", r->str);
