@@ -7,13 +7,13 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "bb_conn.h"
 #include "config.h"
 #include "output.h"
 
 struct event_base;
 struct bb_dir;
 struct bb_zdict;
-struct redisReply;
 
 /* ---- config.c ---------------------------------------------------------------------------- */
 
@@ -52,36 +52,6 @@ struct bb_broker_config {
 
 extern const struct bb_opt bb_broker_opts[];
 extern const size_t bb_broker_nopts;
-
-/* ---- io.c: one Redis connection on the event loop ---------------------------------------- */
-
-struct bb_conn;
-typedef void bb_conn_ready_fn(struct bb_conn *c, void *arg);
-/* reply is NULL when the command failed with the connection (timeout, drop). */
-typedef void bb_reply_fn(struct bb_conn *c, struct redisReply *reply, void *priv);
-
-struct bb_conn_opts {
-    const char *name; /* for logs: "reader", "commands", "directory" */
-    const char *addr;
-    const char *password;
-    int64_t connect_timeout_ms, command_timeout_ms, reconnect_min_ms, reconnect_max_ms;
-    int keepalive_s;
-    bb_conn_ready_fn *on_ready; /* after connect + AUTH; also after every reconnect */
-    bb_conn_ready_fn *on_down;
-    void *arg;
-};
-
-struct bb_conn *bb_conn_new(struct event_base *base, const struct bb_conn_opts *o);
-void bb_conn_free(struct bb_conn *c);
-bool bb_conn_is_ready(const struct bb_conn *c);
-unsigned bb_conn_outstanding(const struct bb_conn *c);
-/* Sends a command; cb gets the reply (hiredis frees it after cb returns).
- * Returns 0 or BB_AGAIN when the connection is not ready. */
-int bb_conn_command(struct bb_conn *c, bb_reply_fn *cb, void *priv, int argc, const char **argv,
-                    const size_t *argvlen);
-int bb_conn_commandf(struct bb_conn *c, bb_reply_fn *cb, void *priv, const char *fmt, ...);
-/* Closes the connection and reconnects after backoff (used on protocol errors). */
-void bb_conn_reset(struct bb_conn *c, const char *why);
 
 /* ---- dispatch.c: router threads and the lanes to them ------------------------------------ */
 
@@ -131,7 +101,7 @@ void bb_job_free(struct bb_job *job);
 struct bb_metrics {
     _Atomic uint64_t reports_in, status_in, reports_routed, dead_letters, commits, commit_retries,
         commits_skipped, deliveries, batches, recipients, decisions, directory_events,
-        directory_errors, reconnects, claimed, route_ns, bytes_out, raw_bytes, zstd_bytes;
+        directory_errors, claimed, route_ns, bytes_out, raw_bytes, zstd_bytes;
     _Atomic uint64_t deliveries_by_channel[BB_CHANNELS];
     _Atomic uint64_t latency_le[BB_LAT_BUCKETS]; /* report entry -> committed, cumulative ms */
     _Atomic uint64_t latency_count, latency_sum_us;
@@ -158,9 +128,5 @@ void bb_consumer_free(struct bb_consumer *c);
 void bb_consumer_shutdown(struct bb_consumer *c);
 /* Re-reads the dictionary (SIGHUP). */
 void bb_consumer_reload(struct bb_consumer *c);
-
-int64_t bb_now_ms(void);  /* wall clock, Unix ms */
-int64_t bb_mono_ms(void); /* monotonic */
-uint64_t bb_mono_ns(void);
 
 #endif

@@ -81,7 +81,7 @@ static void on_metrics(struct evhttp_request *req, void *arg)
             LOAD(zstd_bytes));
     counter(b, "bb_directory_events_total", "Directory events applied", LOAD(directory_events));
     counter(b, "bb_directory_errors_total", "Directory events rejected", LOAD(directory_errors));
-    counter(b, "bb_redis_reconnects_total", "Redis connections lost", LOAD(reconnects));
+    counter(b, "bb_redis_reconnects_total", "Redis connections lost", (unsigned long long)atomic_load(&bb_conn_reconnects));
     counter(b, "bb_claimed_total", "Entries claimed from idle consumers", LOAD(claimed));
     gauge(b, "bb_inflight", "Entries read and not yet committed", (long long)LOAD(inflight));
     gauge(b, "bb_output_backlog_max", "Longest output stream", (long long)LOAD(backlog_max));

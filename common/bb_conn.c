@@ -1,10 +1,5 @@
-/* One Redis connection on the I/O thread's event loop: hiredis async with
- * libevent, connect and command timeouts from libevent timers (hiredis
- * 0.14 has none), TCP keepalive, AUTH, and reconnection with jittered
- * exponential backoff.
- *
- * Threads: the I/O thread only. hiredis frees a reply after our callback
- * returns; callbacks copy what they keep. */
+/* One Redis connection on an event loop (see bb_conn.h). hiredis frees a
+ * reply after our callback returns; callbacks copy what they keep. */
 #include <errno.h>
 #include <event2/event.h>
 #include <hiredis/adapters/libevent.h>
@@ -16,7 +11,7 @@
 #include <time.h>
 
 #include "bb_err.h"
-#include "internal.h"
+#include "bb_conn.h"
 #include "log.h"
 
 enum conn_state { CS_IDLE, CS_CONNECTING, CS_AUTH, CS_READY, CS_WAIT };
@@ -34,6 +29,8 @@ struct bb_conn {
     unsigned outstanding;
     uint64_t gen; /* bumps on every (re)connect; stale callbacks are ignored */
 };
+
+_Atomic uint64_t bb_conn_reconnects;
 
 struct pending {
     struct bb_conn *conn;
@@ -91,7 +88,7 @@ static void conn_drop(struct bb_conn *c, const char *why)
             c->addr, why, (long long)wait);
     c->backoff_ms = c->backoff_ms * 2 > c->o.reconnect_max_ms ? c->o.reconnect_max_ms
                                                                : c->backoff_ms * 2;
-    atomic_fetch_add(&bb_metrics.reconnects, 1);
+    atomic_fetch_add(&bb_conn_reconnects, 1);
     arm(c->timer, wait);
     if (was_ready && c->o.on_down) {
         c->o.on_down(c, c->o.arg);

@@ -1,0 +1,54 @@
+/* One Redis connection on a libevent loop, for the broker and the workers:
+ * hiredis async, connect and command timeouts from libevent timers
+ * (hiredis 0.14 has none), TCP keepalive, AUTH, and reconnection with
+ * jittered exponential backoff. Also the clocks both use.
+ *
+ * Threads: a bb_conn lives on the thread that runs its event base. */
+#ifndef BB_CONN_H
+#define BB_CONN_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct redisReply;
+
+struct bb_conn;
+typedef void bb_conn_ready_fn(struct bb_conn *c, void *arg);
+/* reply is NULL when the command failed with the connection (timeout, drop). */
+typedef void bb_reply_fn(struct bb_conn *c, struct redisReply *reply, void *priv);
+
+struct bb_conn_opts {
+    const char *name; /* for logs: "reader", "commands", "directory" */
+    const char *addr;
+    const char *password;
+    int64_t connect_timeout_ms, command_timeout_ms, reconnect_min_ms, reconnect_max_ms;
+    int keepalive_s;
+    bb_conn_ready_fn *on_ready; /* after connect + AUTH; also after every reconnect */
+    bb_conn_ready_fn *on_down;
+    void *arg;
+};
+
+struct bb_conn *bb_conn_new(struct event_base *base, const struct bb_conn_opts *o);
+void bb_conn_free(struct bb_conn *c);
+bool bb_conn_is_ready(const struct bb_conn *c);
+unsigned bb_conn_outstanding(const struct bb_conn *c);
+/* Sends a command; cb gets the reply (hiredis frees it after cb returns).
+ * Returns 0 or BB_AGAIN when the connection is not ready. */
+int bb_conn_command(struct bb_conn *c, bb_reply_fn *cb, void *priv, int argc, const char **argv,
+                    const size_t *argvlen);
+int bb_conn_commandf(struct bb_conn *c, bb_reply_fn *cb, void *priv, const char *fmt, ...);
+/* Closes the connection and reconnects after backoff (used on protocol errors). */
+void bb_conn_reset(struct bb_conn *c, const char *why);
+
+/* Connections lost, all bb_conns of the process together (for metrics). */
+extern _Atomic uint64_t bb_conn_reconnects;
+
+int64_t bb_now_ms(void);  /* wall clock, Unix ms */
+int64_t bb_mono_ms(void); /* monotonic */
+uint64_t bb_mono_ns(void);
+
+
+#endif
