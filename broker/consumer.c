@@ -239,7 +239,7 @@ static void on_done(struct bb_job *job, void *arg)
         bb_warn("routing failed for lack of memory, will retry", "entry=%s", job->id);
         job->result = BB_RESULT_OK;
         job->out.n = 0;
-        job->kind |= 0x80; /* marks "route again" for the tick */
+        job->reroute = true;
         retry_later(c, job);
         return;
     }
@@ -283,14 +283,12 @@ static void take_entry(struct bb_consumer *c, uint8_t src, const redisReply *e)
     atomic_fetch_add(src == 0 ? &bb_metrics.reports_in : &bb_metrics.status_in, 1);
     const redisReply *f = e->elements > 1 ? e->element[1] : NULL;
     const redisReply *p = NULL;
-    size_t extra = 0;
     if (f && f->type == REDIS_REPLY_ARRAY) {
+        /* Other fields are tolerated (a producer's trace id, a timestamp). */
         for (size_t i = 0; i + 1 < f->elements; i += 2) {
             if (f->element[i]->type == REDIS_REPLY_STRING && strcmp(f->element[i]->str, "p") == 0 &&
                 f->element[i + 1]->type == REDIS_REPLY_STRING) {
                 p = f->element[i + 1];
-            } else {
-                extra++;
             }
         }
     }
@@ -309,7 +307,6 @@ static void take_entry(struct bb_consumer *c, uint8_t src, const redisReply *e)
     job->result = BB_RESULT_DEAD;
     job->reason = !f || f->type != REDIS_REPLY_ARRAY ? "entry_deleted" : "missing_payload";
     snprintf(job->detail, sizeof(job->detail), "fields=%zu", f && f->type == REDIS_REPLY_ARRAY ? f->elements : 0);
-    (void)extra;
     on_done(job, c);
 }
 
@@ -390,8 +387,8 @@ static void read_next(struct bb_consumer *c)
     argv[n++] = src_streams[0];
     argv[n++] = src_streams[1];
     for (int s = 0; s < NSRC; s++) {
-        /* The exclusive start "(" needs Redis 6.2; our pending_from is the
-         * last id already taken, so ask for ids after it. */
+        /* With an explicit id Redis returns our pending entries after it:
+         * pending_from is the last one already taken. */
         argv[n++] = c->pending_phase[s] ? c->pending_from[s] : ">";
     }
     if (bb_conn_command(c->reader, on_read, c, n, argv, NULL) == BB_OK) {
@@ -733,7 +730,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     struct bb_job **pp = &c->retry_head, *due = NULL;
     while (*pp) {
         struct bb_job *j = *pp;
-        if (j->retry_at_ms <= now && (c->cmd_ready || (j->kind & 0x80))) {
+        if (j->retry_at_ms <= now && (c->cmd_ready || j->reroute)) {
             *pp = j->next;
             j->next = due;
             due = j;
@@ -745,8 +742,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         struct bb_job *j = due;
         due = j->next;
         j->next = NULL;
-        if (j->kind & 0x80) {
-            j->kind &= 0x7f;
+        if (j->reroute) {
+            j->reroute = false;
             bb_dispatch_submit(c->dispatch, j);
         } else {
             commit(c, j);
