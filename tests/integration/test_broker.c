@@ -854,6 +854,92 @@ static void out_of_memory_commits_nothing_then_recovers(void **state)
     free(want.d);
 }
 
+static long long pending_for(const char *consumer)
+{
+    redisReply *r = redisCommand(rc, "XPENDING bb:reports bb-brokers");
+    long long n = 0;
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 4 &&
+        r->element[3]->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < r->element[3]->elements; i++) {
+            redisReply *c = r->element[3]->element[i];
+            if (strcmp(c->element[0]->str, consumer) == 0) {
+                n = atoll(c->element[1]->str);
+            }
+        }
+    }
+    freeReplyObject(r);
+    return n;
+}
+
+static size_t count_in_log(const char *needle)
+{
+    char path[512], line[4096];
+    bb_harness_path(path, sizeof(path), "broker.log");
+    FILE *f = fopen(path, "r");
+    size_t n = 0;
+    while (f && fgets(line, sizeof(line), f)) {
+        n += strstr(line, needle) != NULL;
+    }
+    if (f) {
+        fclose(f);
+    }
+    return n;
+}
+
+/* A broker that read entries and was paused (SIGSTOP) with its commits
+ * still failing, while another broker claimed and committed them: when it
+ * resumes, its late commits find the entries acked and write nothing.
+ * Every delivery exactly once. */
+static void paused_broker_writes_nothing_twice(void **state)
+{
+    populate();
+    enum { N = 60 };
+    static Bb__Report reps[N];
+    static char ids[N][40];
+    for (int i = 0; i < N; i++) {
+        random_report(&reps[i], ids[i], sizeof(ids[i]), 1200 + i);
+        xadd_report(&reps[i]);
+    }
+    cmd_ok("XGROUP CREATE bb:reports bb-brokers 0 MKSTREAM");
+    size_t skipped_before = count_in_log("commit skipped");
+    /* A reads everything, but Redis is full: its commits are refused. */
+    cmd_ok("CONFIG SET maxmemory 1");
+    start_broker("broker-h", "log_level debug\n");
+    pid_t a = broker_pid;
+    for (int i = 0; i < 200 && pending_for("broker-h") < N; i++) {
+        usleep(25 * 1000);
+    }
+    assert_int_equal(pending_for("broker-h"), N);
+    kill(a, SIGSTOP);
+    cmd_ok("CONFIG SET maxmemory 0");
+    /* B claims A's idle entries and commits them. */
+    start_broker("broker-i", NULL);
+    pid_t b = broker_pid;
+    wait_drained(30);
+    /* A wakes up and retries its commits: they must be skipped. Retries
+     * back off up to 5 s, so after 6 s every one of them has run. (The log
+     * is rate-limited, so count at least one skip, not all.) */
+    kill(a, SIGCONT);
+    usleep(6000 * 1000);
+    assert_true(count_in_log("commit skipped") > skipped_before);
+    kill(a, SIGKILL);
+    waitpid(a, NULL, 0);
+    broker_pid = b;
+
+    struct dset got = {0}, want = {0};
+    read_outputs(&got);
+    struct bb_dir *dir = load_reference();
+    struct bb_router *router = bb_router_new(dir);
+    for (int i = 0; i < N; i++) {
+        expect(router, dir, &reps[i], &want);
+    }
+    assert_same(&got, &want);
+    bb_router_free(router);
+    bb_dir_free(dir);
+    free(got.d);
+    free(want.d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -864,6 +950,7 @@ int main(void)
         cmocka_unit_test_setup(sigterm_drains_and_exits, reset),
         cmocka_unit_test_setup(backpressure_pauses_input, reset),
         cmocka_unit_test_setup(out_of_memory_commits_nothing_then_recovers, reset),
+        cmocka_unit_test_setup(paused_broker_writes_nothing_twice, reset),
     };
     int failures = cmocka_run_group_tests(tests, setup, teardown);
     bb_harness_finish(failures != 0);
