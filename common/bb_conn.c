@@ -26,6 +26,7 @@ struct bb_conn {
     struct event *watchdog;
     int64_t backoff_ms;
     int64_t progress_ms; /* last reply or send when idle */
+    int64_t ready_ms;    /* when it last became ready */
     unsigned outstanding;
     uint64_t gen; /* bumps on every (re)connect; stale callbacks are ignored */
 };
@@ -110,8 +111,11 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 static void on_watchdog(evutil_socket_t fd, short what, void *arg)
 {
     struct bb_conn *c = arg;
-    if (c->state == CS_READY && c->outstanding &&
-        bb_mono_ms() - c->progress_ms > c->o.command_timeout_ms) {
+    int64_t now = bb_mono_ms();
+    if (c->state == CS_READY && now - c->ready_ms > 5000) {
+        c->backoff_ms = c->o.reconnect_min_ms;
+    }
+    if (c->state == CS_READY && c->outstanding && now - c->progress_ms > c->o.command_timeout_ms) {
         conn_drop(c, "command timeout");
     }
 }
@@ -130,8 +134,10 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 static void became_ready(struct bb_conn *c)
 {
     c->state = CS_READY;
-    c->backoff_ms = c->o.reconnect_min_ms;
-    c->progress_ms = bb_mono_ms();
+    /* The backoff resets only once the connection has stayed up a while
+     * (watchdog): a server that accepts and then refuses us (full memory,
+     * missing rights) must not be hammered at the shortest interval. */
+    c->progress_ms = c->ready_ms = bb_mono_ms();
     evtimer_del(c->timer);
     bb_info("redis connected", "conn=%s addr=%s", c->name, c->addr);
     if (c->o.on_ready) {

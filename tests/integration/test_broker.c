@@ -824,6 +824,7 @@ static void out_of_memory_commits_nothing_then_recovers(void **state)
         xadd_report(&reps[i]);
     }
     cmd_ok("XGROUP CREATE bb:reports bb-brokers 0 MKSTREAM");
+    cmd_ok("XGROUP CREATE bb:report-status bb-brokers 0 MKSTREAM");
     /* Read by this broker before Redis filled up: pending for it. */
     redisReply *pre = redisCommand(rc, "XREADGROUP GROUP bb-brokers broker-g STREAMS bb:reports >");
     freeReplyObject(pre);
@@ -901,6 +902,7 @@ static void paused_broker_writes_nothing_twice(void **state)
         xadd_report(&reps[i]);
     }
     cmd_ok("XGROUP CREATE bb:reports bb-brokers 0 MKSTREAM");
+    cmd_ok("XGROUP CREATE bb:report-status bb-brokers 0 MKSTREAM");
     size_t skipped_before = count_in_log("commit skipped");
     /* A reads everything, but Redis is full: its commits are refused. */
     cmd_ok("CONFIG SET maxmemory 1");
