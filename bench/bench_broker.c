@@ -137,8 +137,8 @@ static int load_one(void *arg, const Bb__DirectoryEvent *ev, char *why, size_t w
     int rc = bb_store_batch_add(l->b, ev, l->n, why, whylen);
     if (++l->n % 50000 == 0) {
         double s = (double)(now_us() - l->t0) / 1e6;
-        fprintf(stderr, "\rloading: %" PRIu64 " / ~%" PRIu64 " changes, %.0f/s   ", l->n,
-                l->total, (double)l->n / s);
+        fprintf(stderr, "\rloading: %" PRIu64 " / ~%" PRIu64 " changes, %.0f/s   ", l->n, l->total,
+                (double)l->n / s);
     }
     return rc;
 }
@@ -194,10 +194,10 @@ static void *reader_main(void *arg)
         freeReplyObject(r);
     }
     while (!atomic_load(&stop_reader)) {
-        redisReply *r = redisCommand(c, "XREAD COUNT 2000 BLOCK 200 STREAMS %s %s %s %s %s %s %s %s %s %s",
-                                     out_streams[0], out_streams[1], out_streams[2],
-                                     out_streams[3], out_streams[4], last[0], last[1], last[2],
-                                     last[3], last[4]);
+        redisReply *r =
+            redisCommand(c, "XREAD COUNT 2000 BLOCK 200 STREAMS %s %s %s %s %s %s %s %s %s %s",
+                         out_streams[0], out_streams[1], out_streams[2], out_streams[3],
+                         out_streams[4], last[0], last[1], last[2], last[3], last[4]);
         int64_t t = now_us();
         if (!r) {
             fprintf(stderr, "bench_broker: reader: %s\n", c->errstr);
@@ -394,11 +394,13 @@ static int cmd_run(const struct opts *o)
                o->users, o->rate, o->duration, sent, rp, dl, rp ? (double)dl / rp : 0, dps, p50,
                p99, p999, mx, bpd, mpd, cpu, dl ? cpu / (dl / 1e6) : 0, rss, total_s);
     } else {
-        printf("users %u, offered %.0f reports/s for %.1f s: %" PRIu64 " sent, %lu reached someone\n",
+        printf("users %u, offered %.0f reports/s for %.1f s: %" PRIu64
+               " sent, %lu reached someone\n",
                o->users, o->rate, o->duration, sent, rp);
         printf("deliveries      %lu (%.1f per report), %.0f/s\n", dl, rp ? (double)dl / rp : 0,
                dps);
-        printf("latency (ms)    p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  (intended send -> batches visible)\n",
+        printf("latency (ms)    p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  (intended send -> "
+               "batches visible)\n",
                p50, p99, p999, mx);
         printf("bytes/delivery  %.2f in stream payloads, %.2f of Redis memory\n", bpd, mpd);
         if (o->broker_pid) {
@@ -423,14 +425,17 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-    static const struct option lo[] = {
-        {"redis", required_argument, NULL, 'r'},      {"users", required_argument, NULL, 'u'},
-        {"seed", required_argument, NULL, 's'},       {"rate", required_argument, NULL, 'R'},
-        {"duration", required_argument, NULL, 'd'},   {"json", no_argument, NULL, 'j'},
-        {"broker-pid", required_argument, NULL, 'p'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
-    struct opts o = {.redis = "127.0.0.1:6379", .users = 200000, .seed = 1, .rate = 1000,
-                     .duration = 10};
+    static const struct option lo[] = {{"redis", required_argument, NULL, 'r'},
+                                       {"users", required_argument, NULL, 'u'},
+                                       {"seed", required_argument, NULL, 's'},
+                                       {"rate", required_argument, NULL, 'R'},
+                                       {"duration", required_argument, NULL, 'd'},
+                                       {"json", no_argument, NULL, 'j'},
+                                       {"broker-pid", required_argument, NULL, 'p'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
+    struct opts o = {
+        .redis = "127.0.0.1:6379", .users = 200000, .seed = 1, .rate = 1000, .duration = 10};
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -440,15 +445,33 @@ int main(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
         switch (c) {
-        case 'r': o.redis = optarg; break;
-        case 'u': o.users = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 's': o.seed = strtoull(optarg, NULL, 10); break;
-        case 'R': o.rate = atof(optarg); break;
-        case 'd': o.duration = atof(optarg); break;
-        case 'j': o.json = true; break;
-        case 'p': o.broker_pid = atoi(optarg); break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'r':
+            o.redis = optarg;
+            break;
+        case 'u':
+            o.users = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
+        case 's':
+            o.seed = strtoull(optarg, NULL, 10);
+            break;
+        case 'R':
+            o.rate = atof(optarg);
+            break;
+        case 'd':
+            o.duration = atof(optarg);
+            break;
+        case 'j':
+            o.json = true;
+            break;
+        case 'p':
+            o.broker_pid = atoi(optarg);
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (o.users < 100 || o.rate <= 0 || o.duration <= 0) {

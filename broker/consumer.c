@@ -222,8 +222,8 @@ static void commit(struct bb_consumer *c, struct bb_job *job)
 #undef ARG
 #undef ARGS
     job->owner = c;
-    int rc = c->cmd_ready ? bb_conn_command(c->commands, on_commit, job, (int)i, argv, len)
-                          : BB_AGAIN;
+    int rc =
+        c->cmd_ready ? bb_conn_command(c->commands, on_commit, job, (int)i, argv, len) : BB_AGAIN;
     free(argv);
     free(len);
     if (rc != BB_OK) {
@@ -269,7 +269,8 @@ static struct bb_job *job_new(uint8_t src, const char *id)
  * letter straight away when the entry has no payload to route. */
 static void take_entry(struct bb_consumer *c, uint8_t src, const redisReply *e)
 {
-    if (e->type != REDIS_REPLY_ARRAY || e->elements < 1 || e->element[0]->type != REDIS_REPLY_STRING) {
+    if (e->type != REDIS_REPLY_ARRAY || e->elements < 1 ||
+        e->element[0]->type != REDIS_REPLY_STRING) {
         return;
     }
     struct bb_job *job = job_new(src, e->element[0]->str);
@@ -306,7 +307,8 @@ static void take_entry(struct bb_consumer *c, uint8_t src, const redisReply *e)
     }
     job->result = BB_RESULT_DEAD;
     job->reason = !f || f->type != REDIS_REPLY_ARRAY ? "entry_deleted" : "missing_payload";
-    snprintf(job->detail, sizeof(job->detail), "fields=%zu", f && f->type == REDIS_REPLY_ARRAY ? f->elements : 0);
+    snprintf(job->detail, sizeof(job->detail), "fields=%zu",
+             f && f->type == REDIS_REPLY_ARRAY ? f->elements : 0);
     on_done(job, c);
 }
 
@@ -423,8 +425,7 @@ static void on_claim_src(struct bb_conn *conn, redisReply *r, void *priv)
         take_entry(c, src, entries->element[i]);
     }
     if (entries->type == REDIS_REPLY_ARRAY && entries->elements) {
-        bb_info("claimed idle entries", "stream=%s count=%zu", src_streams[src],
-                entries->elements);
+        bb_info("claimed idle entries", "stream=%s count=%zu", src_streams[src], entries->elements);
     }
     /* Entries trimmed away while pending: Redis 7 drops them from the PEL and
      * names them here. Their content is gone; say so loudly. */
@@ -433,8 +434,9 @@ static void on_claim_src(struct bb_conn *conn, redisReply *r, void *priv)
             const char *id = r->element[2]->element[i]->str;
             bb_error("pending entry was trimmed before it was handled", "stream=%s entry=%s",
                      src_streams[src], id);
-            bb_conn_commandf(c->commands, NULL, NULL, "XADD %s * reason entry_trimmed stream %s id %s broker %s", DEAD_STREAM,
-                             src_streams[src], id, c->name);
+            bb_conn_commandf(c->commands, NULL, NULL,
+                             "XADD %s * reason entry_trimmed stream %s id %s broker %s",
+                             DEAD_STREAM, src_streams[src], id, c->name);
         }
     }
 }
@@ -456,10 +458,10 @@ static void on_claim_tick(evutil_socket_t fd, short what, void *arg)
             return;
         }
         *cc = (struct claim_ctx){c, s};
-        if (bb_conn_commandf(c->commands, on_claim_src, cc, "XAUTOCLAIM %s %s %s %lld %s COUNT %lld",
-                             src_streams[s], c->cfg->group, c->name,
-                             (long long)c->cfg->claim_idle_ms, c->claim_cursor[s],
-                             (long long)(room < 100 ? room : 100)) != BB_OK) {
+        if (bb_conn_commandf(c->commands, on_claim_src, cc,
+                             "XAUTOCLAIM %s %s %s %lld %s COUNT %lld", src_streams[s],
+                             c->cfg->group, c->name, (long long)c->cfg->claim_idle_ms,
+                             c->claim_cursor[s], (long long)(room < 100 ? room : 100)) != BB_OK) {
             free(cc);
         }
     }
@@ -474,8 +476,9 @@ static void dir_dead(struct bb_consumer *c, const char *id, const char *reason, 
 {
     atomic_fetch_add(&bb_metrics.directory_errors, 1);
     bb_warn("directory event rejected", "entry=%s reason=%s", id, reason);
-    const char *argv[] = {"XADD",   DEAD_STREAM, "*",  "reason",     reason, "stream",
-                          DIRECTORY_STREAM, "id", id, "p", p ? p : "", "broker", c->name};
+    const char *argv[] = {"XADD",     DEAD_STREAM,      "*",    "reason", reason,
+                          "stream",   DIRECTORY_STREAM, "id",   id,       "p",
+                          p ? p : "", "broker",         c->name};
     size_t len[13];
     for (int i = 0; i < 13; i++) {
         len[i] = strlen(argv[i]);

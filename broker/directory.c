@@ -172,7 +172,8 @@ static void retire_mem(struct bb_dir *dir, void *ptr)
 
 /* Publication: a release store orders the object's initialisation before
  * the pointer that makes it reachable; readers load with acquire. */
-#define publish(field, value) atomic_store_explicit((_Atomic(void *) *)&(field), (value), memory_order_release)
+#define publish(field, value)                                                                      \
+    atomic_store_explicit((_Atomic(void *) *)&(field), (value), memory_order_release)
 #define fetch(field) atomic_load_explicit((_Atomic(void *) *)&(field), memory_order_acquire)
 
 /* ---- slots ------------------------------------------------------------------------------- */
@@ -314,7 +315,6 @@ static int field_remove(struct bb_dir *dir, struct bb_slots **field, uint32_t sl
 
 /* ---- tables ------------------------------------------------------------------------------ */
 
-
 static void table_init(struct table *t, struct bb_dir *dir, size_t esz, bool ptrs,
                        uint64_t (*key_of)(const void *))
 {
@@ -423,7 +423,8 @@ static int map_grow(struct table *t)
     return BB_OK;
 }
 
-static int chunks_ensure(struct bb_dir *dir, struct chunkdir **cdp, uint32_t slot, size_t chunk_bytes)
+static int chunks_ensure(struct bb_dir *dir, struct chunkdir **cdp, uint32_t slot,
+                         size_t chunk_bytes)
 {
     uint32_t ci = slot >> CHUNK_SHIFT;
     struct chunkdir *cd = *cdp;
@@ -731,8 +732,7 @@ struct bb_dir *bb_dir_new(const struct bb_dir_params *params)
     dir->zones[0] = bb_tz_load(DEFAULT_ZONE, now - ZONE_WINDOW_BEFORE, now + ZONE_WINDOW_AFTER);
     if (!dir->zones[0]) {
         dir->zones[0] = bb_tz_load("UTC", now - ZONE_WINDOW_BEFORE, now + ZONE_WINDOW_AFTER);
-        bb_warn("time zone database lacks the default zone, using UTC", "zone=%s",
-                DEFAULT_ZONE);
+        bb_warn("time zone database lacks the default zone, using UTC", "zone=%s", DEFAULT_ZONE);
     }
     if (!dir->zones[0]) {
         goto fail;
@@ -1104,7 +1104,8 @@ bool bb_dir_cap_take(const struct bb_dir *dir, uint32_t slot, uint32_t hour, uns
     if (!cd || (slot >> CHUNK_SHIFT) >= cd->n || !cd->c[slot >> CHUNK_SHIFT]) {
         return true;
     }
-    _Atomic uint32_t *ctr = (_Atomic uint32_t *)cd->c[slot >> CHUNK_SHIFT] + (slot & (CHUNK_LEN - 1));
+    _Atomic uint32_t *ctr =
+        (_Atomic uint32_t *)cd->c[slot >> CHUNK_SHIFT] + (slot & (CHUNK_LEN - 1));
     uint32_t cur = atomic_load_explicit(ctr, memory_order_relaxed);
     for (;;) {
         uint32_t h = hour & 0xffff;
@@ -1287,8 +1288,7 @@ static unsigned watch_cells(const struct bb_dir *dir, const struct bb_user *u, b
     if (!u->radius_m) {
         return 0;
     }
-    return bb_geohash_cover_circle(u->lat, u->lon, u->radius_m, dir->params.watch_max_cells,
-                                   cells);
+    return bb_geohash_cover_circle(u->lat, u->lon, u->radius_m, dir->params.watch_max_cells, cells);
 }
 
 static int mute_target_add(struct bb_dir *dir, uint64_t author, uint64_t group, uint32_t uslot)
@@ -1449,13 +1449,14 @@ int bb_dir_upsert_user(struct bb_dir *dir, const Bb__User *in, char *why, size_t
     } else if ((rc = table_alloc_slot(&dir->users, &slot)) != BB_OK) {
         return rc;
     }
-    if ((rc = cap_ensure(dir, slot)) != BB_OK || (rc = table_write(&dir->users, slot, &u)) != BB_OK) {
+    if ((rc = cap_ensure(dir, slot)) != BB_OK ||
+        (rc = table_write(&dir->users, slot, &u)) != BB_OK) {
         return rc;
     }
     if (!existed) {
         /* A reused slot must not inherit the previous person's count. */
-        _Atomic uint32_t *ctr = (_Atomic uint32_t *)dir->caps->c[slot >> CHUNK_SHIFT] +
-                                (slot & (CHUNK_LEN - 1));
+        _Atomic uint32_t *ctr =
+            (_Atomic uint32_t *)dir->caps->c[slot >> CHUNK_SHIFT] + (slot & (CHUNK_LEN - 1));
         atomic_store_explicit(ctr, 0, memory_order_relaxed);
         if ((rc = table_index(&dir->users, u.id, slot)) != BB_OK) {
             return rc;
@@ -1491,8 +1492,7 @@ int bb_dir_upsert_user(struct bb_dir *dir, const Bb__User *in, char *why, size_t
                      in->n_muted_groups);
 }
 
-static int user_prefs(struct bb_dir *dir, const Bb__PreferencesUpdate *pu, char *why,
-                      size_t whylen)
+static int user_prefs(struct bb_dir *dir, const Bb__PreferencesUpdate *pu, char *why, size_t whylen)
 {
     uint32_t slot;
     if (!pu || !table_find(&dir->users, pu->user_id, &slot)) {
@@ -1750,9 +1750,8 @@ static int mute_event(struct bb_dir *dir, const Bb__Mute *m, bool on, char *why,
     }
     /* Rebuild the user's mute record with this one target added or removed. */
     uint32_t s;
-    const struct umute_ent *old = table_find(&dir->umutes, m->user_id, &s)
-                                      ? table_obj(&dir->umutes, s)
-                                      : NULL;
+    const struct umute_ent *old =
+        table_find(&dir->umutes, m->user_id, &s) ? table_obj(&dir->umutes, s) : NULL;
     size_t na = old ? old->nauthors : 0, ng = old ? old->ngroups : 0;
     uint64_t *a = malloc((na + 1) * sizeof(uint64_t)), *g = malloc((ng + 1) * sizeof(uint64_t));
     if (!a || !g) {
@@ -1917,8 +1916,8 @@ void bb_dir_stats(const struct bb_dir *dir, struct bb_dir_stats *out)
     out->follows = dir->nfollows;
     size_t user_chunks = (dir->users.nslots + CHUNK_LEN - 1) / CHUNK_LEN;
     size_t map = dir->users.map ? (size_t)dir->users.map->size * 4 : 0;
-    out->bytes_users = user_chunks * CHUNK_LEN * (sizeof(struct bb_user) + sizeof(uint32_t)) +
-                       map + (dir->memberships + dir->watch_cells) * sizeof(uint32_t);
+    out->bytes_users = user_chunks * CHUNK_LEN * (sizeof(struct bb_user) + sizeof(uint32_t)) + map +
+                       (dir->memberships + dir->watch_cells) * sizeof(uint32_t);
     size_t other = 0;
     const struct table *ptabs[] = {&dir->groups, &dir->cells, &dir->mutes, &dir->follows};
     for (size_t i = 0; i < 4; i++) {

@@ -102,8 +102,8 @@ struct bb_dir_params {
 
 struct bb_dir_stats {
     size_t users, groups, cells, memberships, watch_cells, mutes, follows;
-    size_t bytes_users;  /* user records, id map, cap counters, user slots in cells and groups */
-    size_t bytes_total;  /* everything the index holds */
+    size_t bytes_users; /* user records, id map, cap counters, user slots in cells and groups */
+    size_t bytes_total; /* everything the index holds */
 };
 
 struct bb_dir;
@@ -117,8 +117,7 @@ void bb_dir_free(struct bb_dir *dir); /* NULL is a no-op; no reader may be activ
 /* Applies one change. Returns 0; BB_EINVAL with a machine-readable reason in
  * why (e.g. "bad_location", "unknown_user") when the event cannot apply —
  * the index is then unchanged; BB_ENOMEM. */
-int bb_dir_apply(struct bb_dir *dir, const struct Bb__DirectoryEvent *ev, char *why,
-                 size_t whylen);
+int bb_dir_apply(struct bb_dir *dir, const struct Bb__DirectoryEvent *ev, char *why, size_t whylen);
 /* Upserts from snapshot records (same checks as the events). */
 int bb_dir_upsert_user(struct bb_dir *dir, const struct Bb__User *u, char *why, size_t whylen);
 int bb_dir_upsert_group(struct bb_dir *dir, const struct Bb__Group *g, char *why, size_t whylen);

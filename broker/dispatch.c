@@ -56,7 +56,7 @@ struct router_thread {
     unsigned idx;
     pthread_t tid;
     struct lane in, out;
-    int wake_fd;      /* eventfd the router sleeps on */
+    int wake_fd; /* eventfd the router sleeps on */
     _Atomic int sleeping;
     struct bb_router *router;
     struct bb_encoder *enc;
@@ -254,8 +254,7 @@ static void push(struct router_thread *t, struct bb_job *job)
 }
 
 struct bb_dispatch *bb_dispatch_new(struct event_base *base, struct bb_dir *dir,
-                                    const struct bb_broker_config *cfg, bb_done_fn *done,
-                                    void *arg)
+                                    const struct bb_broker_config *cfg, bb_done_fn *done, void *arg)
 {
     struct bb_dispatch *d = calloc(1, sizeof(*d));
     if (!d) {
@@ -266,8 +265,8 @@ struct bb_dispatch *bb_dispatch_new(struct event_base *base, struct bb_dir *dir,
     d->cfg = cfg;
     d->done = done;
     d->arg = arg;
-    d->limits = (struct bb_limits){(size_t)cfg->max_text, (size_t)cfg->max_media,
-                                   (size_t)cfg->max_url};
+    d->limits =
+        (struct bb_limits){(size_t)cfg->max_text, (size_t)cfg->max_media, (size_t)cfg->max_url};
     d->n = (unsigned)cfg->router_threads;
     d->io_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     d->t = calloc(d->n, sizeof(*d->t));

@@ -74,7 +74,7 @@ struct bb_job {
     uint32_t recipients;
     uint64_t decisions;
     /* I/O thread bookkeeping */
-    void *owner; /* the consumer, for reply callbacks */
+    void *owner;  /* the consumer, for reply callbacks */
     bool reroute; /* waiting to go back to a router (it ran out of memory) */
     struct bb_job *next;
     unsigned attempts;

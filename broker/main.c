@@ -24,17 +24,16 @@ static volatile sig_atomic_t stop_requested;
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: buurtbus-broker [-c FILE] [--set NAME=VALUE]... [--check-config]\n"
-            "                       [--dump-config] [--version] [--help]\n"
-            "\n"
-            "  -c, --config FILE   configuration file (see deploy/broker.conf)\n"
-            "  --set NAME=VALUE    override one option after the file\n"
-            "  --check-config      validate the configuration and exit (0 = valid)\n"
-            "  --dump-config       print the effective configuration and exit\n"
-            "\n"
-            "Signals: SIGTERM/SIGINT finish work in flight, ack, exit; SIGHUP reloads\n"
-            "the log level and the compression dictionary.\n");
+    fprintf(out, "usage: buurtbus-broker [-c FILE] [--set NAME=VALUE]... [--check-config]\n"
+                 "                       [--dump-config] [--version] [--help]\n"
+                 "\n"
+                 "  -c, --config FILE   configuration file (see deploy/broker.conf)\n"
+                 "  --set NAME=VALUE    override one option after the file\n"
+                 "  --check-config      validate the configuration and exit (0 = valid)\n"
+                 "  --dump-config       print the effective configuration and exit\n"
+                 "\n"
+                 "Signals: SIGTERM/SIGINT finish work in flight, ack, exit; SIGHUP reloads\n"
+                 "the log level and the compression dictionary.\n");
 }
 
 static void on_early_signal(int sig)
@@ -70,8 +69,8 @@ static int check(struct bb_broker_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "redis: an address is required");
         return BB_ECONFIG;
     }
-    if (cfg->redis[0] != '/' && strspn(cfg->redis, "0123456789.:[]abcdefABCDEF") !=
-                                    strlen(cfg->redis)) {
+    if (cfg->redis[0] != '/' &&
+        strspn(cfg->redis, "0123456789.:[]abcdefABCDEF") != strlen(cfg->redis)) {
         snprintf(err, errlen,
                  "redis: '%s' is not an IP literal or socket path (host names would be resolved "
                  "with a blocking call)",
@@ -135,11 +134,13 @@ static int load_directory(const struct bb_broker_config *cfg, struct bb_dir *dir
 
 int main(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"config", required_argument, NULL, 'c'},   {"set", required_argument, NULL, 's'},
-        {"check-config", no_argument, NULL, 'k'},   {"dump-config", no_argument, NULL, 'd'},
-        {"version", no_argument, NULL, 'v'},        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option longopts[] = {{"config", required_argument, NULL, 'c'},
+                                             {"set", required_argument, NULL, 's'},
+                                             {"check-config", no_argument, NULL, 'k'},
+                                             {"dump-config", no_argument, NULL, 'd'},
+                                             {"version", no_argument, NULL, 'v'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
     struct bb_broker_config cfg;
     char err[512];
     const char *path = NULL;
@@ -155,13 +156,26 @@ int main(int argc, char **argv)
     int opt;
     while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
         switch (opt) {
-        case 'c': path = optarg; break;
-        case 's': break;
-        case 'k': check_only = true; break;
-        case 'd': dump = true; break;
-        case 'v': printf("buurtbus-broker 0.1.0\n"); return 0;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'c':
+            path = optarg;
+            break;
+        case 's':
+            break;
+        case 'k':
+            check_only = true;
+            break;
+        case 'd':
+            dump = true;
+            break;
+        case 'v':
+            printf("buurtbus-broker 0.1.0\n");
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind < argc) {

@@ -15,8 +15,8 @@ struct bb_metrics bb_metrics;
 
 /* Upper bounds in microseconds, roughly x2 apart, 100 us .. ~13 min. */
 static const int64_t lat_le_us[BB_LAT_BUCKETS] = {
-    100,     250,     500,     1000,     2000,     5000,     10000,    20000,
-    50000,   100000,  200000,  500000,   1000000,  2000000,  5000000,  10000000,
+    100,      250,      500,      1000,      2000,      5000,      10000,     20000,
+    50000,    100000,   200000,   500000,    1000000,   2000000,   5000000,   10000000,
     20000000, 30000000, 60000000, 120000000, 300000000, 600000000, 900000000, INT64_MAX};
 
 static struct evhttp *http;
@@ -40,8 +40,7 @@ void bb_metrics_latency(int64_t us)
 
 static void counter(struct evbuffer *b, const char *name, const char *help, unsigned long long v)
 {
-    evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
-                        v);
+    evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, v);
 }
 
 static void gauge(struct evbuffer *b, const char *name, const char *help, long long v)
@@ -76,20 +75,23 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     counter(b, "bb_route_seconds_total", "Router thread time", 0);
     evbuffer_add_printf(b, "bb_route_seconds_total %.6f\n", LOAD(route_ns) / 1e9);
     counter(b, "bb_output_bytes_total", "Bytes of output entries", LOAD(bytes_out));
-    counter(b, "bb_notification_raw_bytes_total", "Notification bytes before zstd", LOAD(raw_bytes));
+    counter(b, "bb_notification_raw_bytes_total", "Notification bytes before zstd",
+            LOAD(raw_bytes));
     counter(b, "bb_notification_zstd_bytes_total", "Notification bytes after zstd",
             LOAD(zstd_bytes));
     counter(b, "bb_directory_events_total", "Directory events applied", LOAD(directory_events));
     counter(b, "bb_directory_errors_total", "Directory events rejected", LOAD(directory_errors));
-    counter(b, "bb_redis_reconnects_total", "Redis connections lost", (unsigned long long)atomic_load(&bb_conn_reconnects));
+    counter(b, "bb_redis_reconnects_total", "Redis connections lost",
+            (unsigned long long)atomic_load(&bb_conn_reconnects));
     counter(b, "bb_claimed_total", "Entries claimed from idle consumers", LOAD(claimed));
     gauge(b, "bb_inflight", "Entries read and not yet committed", (long long)LOAD(inflight));
     gauge(b, "bb_output_backlog_max", "Longest output stream", (long long)LOAD(backlog_max));
     gauge(b, "bb_paused", "1 while input is paused by backpressure", (long long)LOAD(paused));
     gauge(b, "bb_directory_users", "Users in the routing index", (long long)LOAD(users));
     gauge(b, "bb_directory_groups", "Groups in the routing index", (long long)LOAD(groups));
-    evbuffer_add_printf(b, "# HELP bb_commit_latency_seconds From report entry to committed output\n"
-                           "# TYPE bb_commit_latency_seconds histogram\n");
+    evbuffer_add_printf(b,
+                        "# HELP bb_commit_latency_seconds From report entry to committed output\n"
+                        "# TYPE bb_commit_latency_seconds histogram\n");
     unsigned long long cum = 0;
     for (int i = 0; i < BB_LAT_BUCKETS - 1; i++) {
         cum += LOAD(latency_le[i]);
@@ -98,8 +100,9 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     }
     evbuffer_add_printf(b, "bb_commit_latency_seconds_bucket{le=\"+Inf\"} %llu\n",
                         LOAD(latency_count));
-    evbuffer_add_printf(b, "bb_commit_latency_seconds_sum %.6f\nbb_commit_latency_seconds_count %llu\n",
-                        LOAD(latency_sum_us) / 1e6, LOAD(latency_count));
+    evbuffer_add_printf(
+        b, "bb_commit_latency_seconds_sum %.6f\nbb_commit_latency_seconds_count %llu\n",
+        LOAD(latency_sum_us) / 1e6, LOAD(latency_count));
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4");
     evhttp_send_reply(req, 200, "OK", b);

@@ -5,8 +5,10 @@
 #include "config.h"
 #include "internal.h"
 
-#define OPT(name, type, field, def, min, max, help)                                              \
-    {name, type, offsetof(struct bb_broker_config, field), def, min, max, help}
+#define OPT(name, type, field, def, min, max, help)                                                \
+    {                                                                                              \
+        name, type, offsetof(struct bb_broker_config, field), def, min, max, help                  \
+    }
 
 const struct bb_opt bb_broker_opts[] = {
     OPT("redis", BB_OPT_STRING, redis, "127.0.0.1:6379", 0, 0,
@@ -38,7 +40,8 @@ const struct bb_opt bb_broker_opts[] = {
     OPT("batch_size", BB_OPT_INT, batch_size, "256", 1, 10000,
         "recipients per output stream entry"),
     OPT("zstd_level", BB_OPT_INT, zstd_level, "12", 1, 19,
-        "zstd level; the payload is compressed once per report and locale, so a high level is cheap"),
+        "zstd level; the payload is compressed once per report and locale, so a high level is "
+        "cheap"),
     OPT("dict_check", BB_OPT_DURATION_MS, dict_check_ms, "60s", 1000, 86400000,
         "how often to look for a new dictionary at bb:zdict:current"),
     OPT("max_text", BB_OPT_BYTES, max_text, "4kb", 0, 1048576, "longest report text"),

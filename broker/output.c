@@ -15,7 +15,7 @@ struct bb_encoder {
     struct bb_zenc *z;
     struct bb_zdict *dict;
     unsigned batch_size;
-    uint8_t *raw;  /* packed Notification */
+    uint8_t *raw; /* packed Notification */
     size_t rawcap;
     uint8_t *zbuf; /* compressed Notification, one per locale */
     size_t zcap;
@@ -46,12 +46,11 @@ static const struct title_table titles[] = {
     {"en",
      {"Report", "Burglary", "Suspicious person", "Suspicious vehicle", "Fire", "Nuisance",
       "Traffic", "Missing person", "Other", "Cybercrime", "Public transport"},
-     {"Update", "Received", "Under investigation", "Police on site", "Suspect arrested",
-      "Resolved", "False alarm", "Closed"}},
+     {"Update", "Received", "Under investigation", "Police on site", "Suspect arrested", "Resolved",
+      "False alarm", "Closed"}},
     {"de",
-     {"Meldung", "Einbruch", "Verdächtige Person", "Verdächtiges Fahrzeug", "Brand",
-      "Belästigung", "Verkehr", "Vermisste Person", "Sonstiges", "Cyberkriminalität",
-      "Öffentlicher Verkehr"},
+     {"Meldung", "Einbruch", "Verdächtige Person", "Verdächtiges Fahrzeug", "Brand", "Belästigung",
+      "Verkehr", "Vermisste Person", "Sonstiges", "Cyberkriminalität", "Öffentlicher Verkehr"},
      {"Update", "Eingegangen", "In Ermittlung", "Polizei vor Ort", "Verdächtiger festgenommen",
       "Gelöst", "Fehlalarm", "Geschlossen"}},
 };
@@ -213,8 +212,8 @@ static int emit_batches(struct bb_encoder *e, struct bb_out *out, unsigned ch,
 /* Writes every user channel's batches: one compressed Notification per
  * locale, shared by all channels and batches of that locale. */
 static int emit_users(struct bb_encoder *e, const struct bb_dir *dir, Bb__Notification *n,
-                      const struct bb_route_result *res, Bb__DeliveryBatch *tmpl,
-                      bool status, int title_code, struct bb_out *out)
+                      const struct bb_route_result *res, Bb__DeliveryBatch *tmpl, bool status,
+                      int title_code, struct bb_out *out)
 {
     uint32_t locales = 0;
     for (unsigned c = 0; c < BB_CHANNELS - 1; c++) {
@@ -257,8 +256,8 @@ static void set_location(Bb__Notification *n, double lat, double lon, unsigned p
     bb_cell_center(c, &n->lat, &n->lon);
 }
 
-void bb_notification_from_report(Bb__Notification *n, const Bb__Report *rep,
-                                 const char *group_name, unsigned precision, char cell[16])
+void bb_notification_from_report(Bb__Notification *n, const Bb__Report *rep, const char *group_name,
+                                 unsigned precision, char cell[16])
 {
     bb__notification__init(n);
     n->schema_version = 1;
@@ -280,8 +279,7 @@ void bb_notification_from_report(Bb__Notification *n, const Bb__Report *rep,
 }
 
 int bb_encode_report(struct bb_encoder *e, const struct bb_dir *dir, const Bb__Report *rep,
-                     const struct bb_route_result *res, int64_t source_time_ms,
-                     struct bb_out *out)
+                     const struct bb_route_result *res, int64_t source_time_ms, struct bb_out *out)
 {
     char key[80], cell[16];
     snprintf(key, sizeof(key), "r:%s", rep->id);
@@ -330,8 +328,7 @@ int bb_encode_report(struct bb_encoder *e, const struct bb_dir *dir, const Bb__R
 }
 
 int bb_encode_status(struct bb_encoder *e, const struct bb_dir *dir, const Bb__ReportStatus *st,
-                     const struct bb_route_result *res, int64_t source_time_ms,
-                     struct bb_out *out)
+                     const struct bb_route_result *res, int64_t source_time_ms, struct bb_out *out)
 {
     char key[80];
     snprintf(key, sizeof(key), "s:%s", st->id);

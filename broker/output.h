@@ -20,7 +20,7 @@ struct Bb__ReportStatus;
 const char *bb_out_stream(unsigned channel_index); /* "bb:out:push", ... */
 
 struct bb_out_entry {
-    uint8_t channel; /* bit index: 0 push .. 4 social */
+    uint8_t channel;   /* bit index: 0 push .. 4 social */
     uint32_t off, len; /* the encoded DeliveryBatch in bb_out.buf */
     uint32_t recipients;
 };
@@ -50,8 +50,7 @@ void bb_encoder_set_dict(struct bb_encoder *e, struct bb_zdict *dict);
  * source_time_ms: when the entry entered its stream. Returns 0 or BB_ENOMEM
  * / BB_EIO (compression failed). */
 int bb_encode_report(struct bb_encoder *e, const struct bb_dir *dir, const struct Bb__Report *rep,
-                     const struct bb_route_result *res, int64_t source_time_ms,
-                     struct bb_out *out);
+                     const struct bb_route_result *res, int64_t source_time_ms, struct bb_out *out);
 int bb_encode_status(struct bb_encoder *e, const struct bb_dir *dir,
                      const struct Bb__ReportStatus *st, const struct bb_route_result *res,
                      int64_t source_time_ms, struct bb_out *out);

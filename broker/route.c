@@ -98,9 +98,9 @@ static void bitset_free(struct bitset *b)
 
 static const char *const route_names[] = {"", "group", "area", "watch", "reporter", "follower"};
 static const char *const verdict_names[] = {
-    "notified",        "author",          "muted_author",   "muted_group",
-    "policy_category", "policy_urgency",  "policy_source",  "outside_radius",
-    "pref_category",   "pref_urgency",    "no_channel",
+    "notified",        "author",         "muted_author",  "muted_group",
+    "policy_category", "policy_urgency", "policy_source", "outside_radius",
+    "pref_category",   "pref_urgency",   "no_channel",
 };
 static const char *const channel_names[] = {"push", "email", "inbox", "digest", "social"};
 
@@ -145,8 +145,8 @@ static void explain(struct bb_router *r, uint64_t user, uint64_t group, int rout
         ex->lines = l;
         ex->cap = nc;
     }
-    ex->lines[ex->n++] = (struct bb_explain_line){user, group, (uint8_t)route, (uint8_t)verdict,
-                                                  channels, notes};
+    ex->lines[ex->n++] =
+        (struct bb_explain_line){user, group, (uint8_t)route, (uint8_t)verdict, channels, notes};
 }
 
 struct bb_router *bb_router_new(struct bb_dir *dir)
@@ -405,8 +405,8 @@ int bb_route_report(struct bb_router *r, const Bb__Report *rep, struct bb_explai
     exclude(r, bb_dir_muted_author(r->dir, rep->author_id), BB_V_MUTED_AUTHOR, 0);
 
     uint32_t gslot;
-    const struct bb_group *own = rep->group_id ? bb_dir_group_find(r->dir, rep->group_id, &gslot)
-                                               : NULL;
+    const struct bb_group *own =
+        rep->group_id ? bb_dir_group_find(r->dir, rep->group_id, &gslot) : NULL;
     if (rep->group_id && !own) {
         bb_dir_read_end(r->reader);
         return BB_ENOTFOUND;
@@ -474,9 +474,8 @@ int bb_route_report(struct bb_router *r, const Bb__Report *rep, struct bb_explai
             if (mark(r, m->v[j])) {
                 const struct bb_user *u = bb_dir_user_at(r->dir, m->v[j]);
                 if (u) {
-                    explain(r, u->id, refused[i]->id, refused[i] == own ? BB_ROUTE_GROUP
-                                                                         : BB_ROUTE_AREA,
-                            v, 0, 0);
+                    explain(r, u->id, refused[i]->id,
+                            refused[i] == own ? BB_ROUTE_GROUP : BB_ROUTE_AREA, v, 0, 0);
                 }
             }
         }

@@ -30,9 +30,9 @@ struct Bb__Report;
 struct Bb__ReportStatus;
 
 enum bb_route_kind {
-    BB_ROUTE_GROUP = 1,   /* (a) member of the report's group */
-    BB_ROUTE_AREA = 2,    /* (b) member of a group whose area holds the point */
-    BB_ROUTE_WATCH = 3,   /* (c) personal watch area */
+    BB_ROUTE_GROUP = 1,    /* (a) member of the report's group */
+    BB_ROUTE_AREA = 2,     /* (b) member of a group whose area holds the point */
+    BB_ROUTE_WATCH = 3,    /* (c) personal watch area */
     BB_ROUTE_REPORTER = 4, /* status update: wrote the report */
     BB_ROUTE_FOLLOWER = 5, /* status update: follows the report */
 };

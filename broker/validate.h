@@ -11,9 +11,9 @@ struct Bb__Report;
 struct Bb__ReportStatus;
 
 struct bb_limits {
-    size_t max_text;    /* bytes of text */
-    size_t max_media;   /* media items */
-    size_t max_url;     /* bytes per media URL */
+    size_t max_text;  /* bytes of text */
+    size_t max_media; /* media items */
+    size_t max_url;   /* bytes per media URL */
 };
 
 /* NULL if the report is acceptable, else a machine-readable reason such as

@@ -87,8 +87,8 @@ static void conn_drop(struct bb_conn *c, const char *why)
     int64_t wait = c->backoff_ms / 2 + jitter;
     bb_warn("redis connection lost", "conn=%s addr=%s reason=\"%s\" retry_ms=%lld", c->name,
             c->addr, why, (long long)wait);
-    c->backoff_ms = c->backoff_ms * 2 > c->o.reconnect_max_ms ? c->o.reconnect_max_ms
-                                                               : c->backoff_ms * 2;
+    c->backoff_ms =
+        c->backoff_ms * 2 > c->o.reconnect_max_ms ? c->o.reconnect_max_ms : c->backoff_ms * 2;
     atomic_fetch_add(&bb_conn_reconnects, 1);
     arm(c->timer, wait);
     if (was_ready && c->o.on_down) {
@@ -204,8 +204,8 @@ static void conn_start(struct bb_conn *c)
         }
         c->state = CS_WAIT;
         arm(c->timer, c->backoff_ms);
-        c->backoff_ms = c->backoff_ms * 2 > c->o.reconnect_max_ms ? c->o.reconnect_max_ms
-                                                                   : c->backoff_ms * 2;
+        c->backoff_ms =
+            c->backoff_ms * 2 > c->o.reconnect_max_ms ? c->o.reconnect_max_ms : c->backoff_ms * 2;
         return;
     }
     c->ac = ac;

@@ -50,5 +50,4 @@ int64_t bb_now_ms(void);  /* wall clock, Unix ms */
 int64_t bb_mono_ms(void); /* monotonic */
 uint64_t bb_mono_ns(void);
 
-
 #endif

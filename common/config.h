@@ -39,8 +39,7 @@ struct bb_opt {
 };
 
 /* Sets every option to its default. Returns 0 or BB_ECONFIG (message in err). */
-int bb_config_defaults(const struct bb_opt *opts, size_t n, void *target, char *err,
-                       size_t errlen);
+int bb_config_defaults(const struct bb_opt *opts, size_t n, void *target, char *err, size_t errlen);
 /* Reads a file over the current values. Unknown options, bad values,
  * out-of-range numbers and unreadable files are errors. */
 int bb_config_load_file(const struct bb_opt *opts, size_t n, void *target, const char *path,

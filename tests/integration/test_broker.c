@@ -227,8 +227,8 @@ static void random_report(Bb__Report *r, char *id, size_t idlen, int n)
     r->urgency = (Bb__Urgency)(1 + rnd() % 3);
     r->source = (Bb__Source)(1 + rnd() % 5);
     r->text = "Verdachte situatie in de straat";
-    r->anonymity = rnd() % 2 ? BB__ANONYMITY__ANONYMITY_SCREEN_NAME
-                             : BB__ANONYMITY__ANONYMITY_NEIGHBOUR;
+    r->anonymity =
+        rnd() % 2 ? BB__ANONYMITY__ANONYMITY_SCREEN_NAME : BB__ANONYMITY__ANONYMITY_NEIGHBOUR;
 }
 
 static void xadd_report(const Bb__Report *r)
@@ -350,8 +350,7 @@ static int dcmp(const void *a, const void *b)
  * names its report. */
 static void read_outputs(struct dset *out)
 {
-    static const char *streams[] = {"bb:out:push", "bb:out:email", "bb:out:inbox",
-                                    "bb:out:digest"};
+    static const char *streams[] = {"bb:out:push", "bb:out:email", "bb:out:inbox", "bb:out:digest"};
     struct bb_zdec *z = bb_zdec_new(1 << 20);
     for (size_t s = 0; s < 4; s++) {
         redisReply *r = redisCommand(rc, "XRANGE %s - +", streams[s]);
@@ -359,8 +358,8 @@ static void read_outputs(struct dset *out)
         for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
             redisReply *f = r->element[i]->element[1];
             assert_int_equal(f->elements, 2);
-            Bb__DeliveryBatch *b = bb__delivery_batch__unpack(NULL, f->element[1]->len,
-                                                              (uint8_t *)f->element[1]->str);
+            Bb__DeliveryBatch *b =
+                bb__delivery_batch__unpack(NULL, f->element[1]->len, (uint8_t *)f->element[1]->str);
             assert_non_null(b);
             assert_int_equal(b->channel, (int)s + 1);
             assert_true(b->n_recipients > 0 && b->n_recipients <= 256);
@@ -390,8 +389,7 @@ static struct bb_dir *load_reference(void)
     struct bb_dir_params p = {7, 8, 5000};
     struct bb_dir *dir = bb_dir_new(&p);
     char last[BB_STREAM_ID_MAX], err[256];
-    assert_int_equal(bb_snapshot_load(rc, dir, last, sizeof(last), NULL, err, sizeof(err)),
-                     BB_OK);
+    assert_int_equal(bb_snapshot_load(rc, dir, last, sizeof(last), NULL, err, sizeof(err)), BB_OK);
     return dir;
 }
 
@@ -504,12 +502,12 @@ static void invalid_inputs_are_dead_lettered(void **state)
     populate();
     start_broker("broker-b", NULL);
     static const struct bad_case cases[] = {
-        {"garbage", "decode_error"},         {"no_p", "missing_payload"},
-        {"nan", "bad_location"},             {"lat_range", "bad_location"},
-        {"category", "unknown_category"},    {"text", "text_too_long"},
-        {"utf8", "bad_utf8:text"},           {"group", "unknown_group"},
-        {"no_id", "missing_field:id"},       {"no_author", "missing_field:author_id"},
-        {"media", "bad_media_url"},          {"urgency", "unknown_urgency"},
+        {"garbage", "decode_error"},      {"no_p", "missing_payload"},
+        {"nan", "bad_location"},          {"lat_range", "bad_location"},
+        {"category", "unknown_category"}, {"text", "text_too_long"},
+        {"utf8", "bad_utf8:text"},        {"group", "unknown_group"},
+        {"no_id", "missing_field:id"},    {"no_author", "missing_field:author_id"},
+        {"media", "bad_media_url"},       {"urgency", "unknown_urgency"},
     };
     const size_t n = sizeof(cases) / sizeof(cases[0]);
     char bigtext[5000];
@@ -706,7 +704,8 @@ static void crashed_broker_loses_nothing(void **state)
     }
     /* 40 entries delivered to "broker-d" (which then "crashed"), 40 to a
      * consumer that never returns; 40 never read. */
-    redisReply *r = redisCommand(rc, "XREADGROUP GROUP bb-brokers broker-d COUNT 40 STREAMS bb:reports >");
+    redisReply *r =
+        redisCommand(rc, "XREADGROUP GROUP bb-brokers broker-d COUNT 40 STREAMS bb:reports >");
     assert_int_equal(r->type, REDIS_REPLY_ARRAY);
     freeReplyObject(r);
     r = redisCommand(rc, "XREADGROUP GROUP bb-brokers ghost COUNT 40 STREAMS bb:reports >");
@@ -767,8 +766,8 @@ static long long group_entries_read(void)
 {
     redisReply *r = redisCommand(rc, "XINFO GROUPS bb:reports");
     long long v = -1;
-    for (size_t k = 0; r && r->type == REDIS_REPLY_ARRAY && r->elements &&
-                       k + 1 < r->element[0]->elements;
+    for (size_t k = 0;
+         r && r->type == REDIS_REPLY_ARRAY && r->elements && k + 1 < r->element[0]->elements;
          k += 2) {
         if (strcmp(r->element[0]->element[k]->str, "entries-read") == 0) {
             v = r->element[0]->element[k + 1]->integer;
