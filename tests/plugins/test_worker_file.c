@@ -1,0 +1,672 @@
+/* buurtbus-worker end to end with the file plug-in: a real redis-server,
+ * DeliveryBatch entries written by hand into bb:out:inbox, the built
+ * worker as a child process, and the JSON lines, receipts, dead letters
+ * and acks checked afterwards. Also: kill -9 mid-stream and restart must
+ * write no delivery twice. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bb_conn.h"
+#include "delivery.pb-c.h"
+#include "directory.pb-c.h"
+#include "harness.h"
+#include "wire.h"
+
+#define STREAM "bb:out:inbox"
+#define NUSERS 50
+#define MAX_UNCONFIRMED 4 /* the crash window, in deliveries */
+
+static const struct bb_redis_server *srv;
+static redisContext *rc;
+static struct bb_zdict *dict_a, *dict_b; /* a is stored in Redis, b never */
+static struct bb_zenc *zenc;
+static char out_path[512];
+
+/* ---- helpers ----------------------------------------------------------------------------- */
+
+static redisReply *cmd(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(rc, fmt, ap);
+    va_end(ap);
+    assert_non_null(r);
+    assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
+    return r;
+}
+
+static long long cmd_int(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(rc, fmt, ap);
+    va_end(ap);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    long long v = r->integer;
+    freeReplyObject(r);
+    return v;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static size_t pack_notification(const char *report_id, const char *text, uint8_t *buf)
+{
+    Bb__Notification n = BB__NOTIFICATION__INIT;
+    n.schema_version = 1;
+    n.kind = BB__NOTIFICATION_KIND__NOTIFICATION_KIND_REPORT;
+    n.report_id = (char *)report_id;
+    n.time_ms = 1732800000000LL;
+    n.category = BB__CATEGORY__CATEGORY_BURGLARY;
+    n.urgency = BB__URGENCY__URGENCY_IN_PROGRESS;
+    n.source = BB__SOURCE__SOURCE_RESIDENT;
+    n.locale = "nl";
+    n.title = "Inbraak";
+    n.text = (char *)text;
+    n.author = "Jan";
+    n.cell = "u1hbcq7";
+    n.lat = 51.69;
+    n.lon = 5.30;
+    return bb__notification__pack(&n, buf);
+}
+
+static struct bb_zdict *train(unsigned seed)
+{
+    enum { N = 600 };
+    static uint8_t samples[N * 512];
+    size_t sizes[N], off = 0;
+    for (unsigned i = 0; i < N; i++) {
+        char id[32], text[256];
+        snprintf(id, sizeof(id), "r%u-%u", seed, i);
+        snprintf(text, sizeof(text),
+                 "Verdachte persoon %u bij de achterdeur van nummer %u, seed %u, rond %02u:%02u",
+                 i * 7919 % 1000, i % 97, seed, i % 24, i % 60);
+        sizes[i] = pack_notification(id, text, samples + off);
+        off += sizes[i];
+    }
+    static uint8_t dict[16384];
+    size_t len = 0;
+    assert_int_equal(bb_zdict_train(samples, sizes, N, dict, sizeof(dict), &len), 0);
+    struct bb_zdict *d = bb_zdict_new(dict, len, 3);
+    assert_non_null(d);
+    return d;
+}
+
+/* A packed DeliveryBatch for report_id to recipients first..first+n-1. */
+static size_t make_batch(uint8_t *out, size_t cap, const char *report_id, const char *text,
+                         const struct bb_zdict *dict, uint64_t first, size_t n)
+{
+    uint8_t raw[2048], z[4096];
+    size_t rawlen = pack_notification(report_id, text, raw), zlen = 0;
+    assert_int_equal(bb_zenc_compress(zenc, dict, raw, rawlen, z, sizeof(z), &zlen), 0);
+    uint64_t rcpt[512];
+    assert_true(n <= 512);
+    for (size_t i = 0; i < n; i++) {
+        rcpt[i] = first + i;
+    }
+    char key[96];
+    snprintf(key, sizeof(key), "r:%s", report_id);
+    Bb__DeliveryBatch b = BB__DELIVERY_BATCH__INIT;
+    b.schema_version = 1;
+    b.channel = BB__CHANNEL__CHANNEL_INBOX;
+    b.notification_key = key;
+    b.locale = "nl";
+    b.notification_zstd.data = z;
+    b.notification_zstd.len = zlen;
+    b.recipient_kind = BB__RECIPIENT_KIND__RECIPIENT_KIND_USER;
+    b.recipients = rcpt;
+    b.n_recipients = n;
+    b.batch_count = 1;
+    b.urgency = BB__URGENCY__URGENCY_IN_PROGRESS;
+    size_t len = bb__delivery_batch__get_packed_size(&b);
+    assert_true(len <= cap);
+    return bb__delivery_batch__pack(&b, out);
+}
+
+static void xadd(const uint8_t *p, size_t len)
+{
+    freeReplyObject(cmd("XADD %s * p %b", STREAM, p, len));
+}
+
+static pid_t worker_pid; /* the one running, killed by reset and teardown */
+static const char *extra_conf = "";
+
+static pid_t spawn_worker(const char *conf);
+
+static pid_t start_worker(const char *name)
+{
+    char conf[2048];
+    snprintf(conf, sizeof(conf),
+             "redis %s\nname %s\nplugin_dir \"%s\"\nblock 100ms\nread_count 8\n"
+             "channels inbox\nchannel.inbox.plugin file\nchannel.inbox.path \"%s\"\n"
+             "retry_min 10ms\nretry_max 100ms\nmax_unconfirmed %d\n%s",
+             srv->addr, name, BB_PLUGIN_DIR, out_path, MAX_UNCONFIRMED, extra_conf);
+    return spawn_worker(conf);
+}
+
+static pid_t spawn_worker(const char *conf)
+{
+    char cpath[512], logpath[512];
+    assert_non_null(bb_harness_write_file(cpath, sizeof(cpath), "worker.conf", conf));
+    bb_harness_path(logpath, sizeof(logpath), "worker.log");
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        FILE *f = freopen(logpath, "a", stderr);
+        (void)f;
+        execl(BB_WORKER_PATH, BB_WORKER_PATH, "-c", cpath, (char *)NULL);
+        _exit(127);
+    }
+    worker_pid = pid;
+    return pid;
+}
+
+static int stop_worker(pid_t pid, int sig)
+{
+    int st = 0;
+    worker_pid = 0;
+    kill(pid, sig);
+    for (int i = 0; i < 200; i++) {
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            return st;
+        }
+        sleep_ms(50);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    return -1;
+}
+
+/* Entries of the stream the group has neither read nor acked, plus pending. */
+static long long unfinished(void)
+{
+    redisReply *r = redisCommand(rc, "XPENDING %s bb-workers", STREAM);
+    assert_non_null(r);
+    if (r->type == REDIS_REPLY_ERROR) {
+        freeReplyObject(r); /* no group yet */
+        return 1;
+    }
+    long long pending =
+        r->type == REDIS_REPLY_ARRAY && r->elements > 0 ? r->element[0]->integer : 0;
+    freeReplyObject(r);
+    r = cmd("XINFO GROUPS %s", STREAM);
+    long long lag = -1;
+    for (size_t g = 0; r->type == REDIS_REPLY_ARRAY && g < r->elements; g++) {
+        redisReply *gr = r->element[g];
+        for (size_t k = 0; k + 1 < gr->elements; k += 2) {
+            if (strcmp(gr->element[k]->str, "lag") == 0 &&
+                gr->element[k + 1]->type == REDIS_REPLY_INTEGER) {
+                lag = gr->element[k + 1]->integer;
+            }
+        }
+    }
+    freeReplyObject(r);
+    return lag < 0 ? 1 + pending : lag + pending;
+}
+
+static bool wait_done(int timeout_ms)
+{
+    for (int t = 0; t < timeout_ms; t += 50) {
+        if (unfinished() == 0) {
+            return true;
+        }
+        sleep_ms(50);
+    }
+    return false;
+}
+
+/* Lines of the output file, parsed; counts[i] = times delivery id i was seen
+ * among ids (NULL-terminated list). Returns the number of lines. */
+static size_t read_lines(const char *const *ids, size_t nids, unsigned *counts,
+                         json_object **sample, const char *sample_id)
+{
+    FILE *f = fopen(out_path, "r");
+    if (!f) {
+        return 0;
+    }
+    char line[8192];
+    size_t n = 0;
+    memset(counts, 0, nids * sizeof(*counts));
+    while (fgets(line, sizeof(line), f)) {
+        json_object *o = json_tokener_parse(line);
+        assert_non_null(o);
+        json_object *id;
+        assert_true(json_object_object_get_ex(o, "delivery_id", &id));
+        const char *s = json_object_get_string(id);
+        bool known = false;
+        for (size_t i = 0; i < nids; i++) {
+            if (strcmp(ids[i], s) == 0) {
+                counts[i]++;
+                known = true;
+            }
+        }
+        assert_true(known);
+        if (sample && sample_id && strcmp(s, sample_id) == 0 && !*sample) {
+            *sample = o;
+        } else {
+            json_object_put(o);
+        }
+        n++;
+    }
+    fclose(f);
+    return n;
+}
+
+/* ---- fixtures ---------------------------------------------------------------------------- */
+
+static int setup(void **state)
+{
+    srv = bb_harness_redis_start();
+    if (!srv) {
+        return -1;
+    }
+    rc = bb_harness_redis_connect(srv);
+    zenc = bb_zenc_new(3);
+    return rc && zenc ? 0 : -1;
+}
+
+static void kill_worker(void)
+{
+    if (worker_pid > 0) {
+        kill(worker_pid, SIGKILL);
+        waitpid(worker_pid, NULL, 0);
+        worker_pid = 0;
+    }
+}
+
+static int teardown(void **state)
+{
+    kill_worker();
+    if (rc) {
+        redisFree(rc);
+    }
+    bb_zenc_free(zenc);
+    bb_zdict_unref(dict_a);
+    bb_zdict_unref(dict_b);
+    return 0;
+}
+
+static int reset(void **state)
+{
+    kill_worker();
+    freeReplyObject(cmd("FLUSHALL"));
+    static int round;
+    char name[64];
+    snprintf(name, sizeof(name), "out-%d.jsonl", ++round);
+    bb_harness_path(out_path, sizeof(out_path), name);
+    unlink(out_path);
+    for (uint64_t u = 1; u <= NUSERS; u++) {
+        Bb__User user = BB__USER__INIT;
+        user.id = u;
+        user.screen_name = "buur";
+        user.locale = u % 2 ? "en" : "nl";
+        uint8_t buf[256];
+        size_t len = bb__user__pack(&user, buf);
+        char email[64];
+        snprintf(email, sizeof(email), "user%" PRIu64 "@example.org", u);
+        freeReplyObject(cmd("HSET bb:user:%" PRIu64 " u %b email %s", u, buf, len, email));
+    }
+    if (!dict_a) {
+        dict_a = train(1);
+        dict_b = train(2);
+        assert_int_not_equal(bb_zdict_id(dict_a), bb_zdict_id(dict_b));
+    }
+    size_t dlen;
+    const void *d = bb_zdict_bytes(dict_a, &dlen);
+    freeReplyObject(cmd("SET bb:zdict:%u %b", bb_zdict_id(dict_a), d, dlen));
+    return 0;
+}
+
+/* ---- cases ------------------------------------------------------------------------------- */
+
+static void delivers_receipts_and_dead_letters(void **state)
+{
+    static uint8_t buf[8192];
+    const char *text = "Twee mannen \"kijken\" bij\nde ramen \\ ç — \x01 klaar";
+    xadd(buf, make_batch(buf, sizeof(buf), "rep1", text, dict_a, 1, 10));
+    xadd(buf, make_batch(buf, sizeof(buf), "rep2", "zonder woordenboek", NULL, 11, 5));
+    static const char junk[] = "\xff\xff\xff not a batch";
+    xadd((const uint8_t *)junk, sizeof(junk) - 1);
+    xadd(buf, make_batch(buf, sizeof(buf), "rep3", "onbekend woordenboek", dict_b, 1, 3));
+    /* A recipient without a record: a receipt, nothing written. */
+    xadd(buf, make_batch(buf, sizeof(buf), "rep4", "niemand", dict_a, 9001, 1));
+
+    pid_t pid = start_worker("w1");
+    bool done = wait_done(20000);
+    int st = stop_worker(pid, SIGTERM);
+    assert_true(done);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+
+    const char *ids[15];
+    char idbuf[15][64];
+    for (int i = 0; i < 15; i++) {
+        snprintf(idbuf[i], sizeof(idbuf[i]), "r:%s:3:%d", i < 10 ? "rep1" : "rep2", i + 1);
+        ids[i] = idbuf[i];
+    }
+    unsigned counts[15];
+    json_object *sample = NULL;
+    assert_int_equal(read_lines(ids, 15, counts, &sample, "r:rep1:3:1"), 15);
+    for (int i = 0; i < 15; i++) {
+        assert_int_equal(counts[i], 1);
+    }
+    assert_non_null(sample);
+    json_object *v;
+    assert_true(json_object_object_get_ex(sample, "text", &v));
+    assert_string_equal(json_object_get_string(v), text);
+    assert_true(json_object_object_get_ex(sample, "contact_locale", &v));
+    assert_string_equal(json_object_get_string(v), "en");
+    assert_true(json_object_object_get_ex(sample, "channel", &v));
+    assert_string_equal(json_object_get_string(v), "inbox");
+    assert_true(json_object_object_get_ex(sample, "category_name", &v));
+    assert_string_equal(json_object_get_string(v), "burglary");
+    assert_true(json_object_object_get_ex(sample, "recipient", &v));
+    assert_int_equal(json_object_get_int64(v), 1);
+    json_object_put(sample);
+
+    /* Receipts: 15 ok, 1 permanent unknown_user. */
+    redisReply *r = cmd("XRANGE bb:receipts - +");
+    assert_int_equal(r->elements, 16);
+    int ok = 0, unknown = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *f = r->element[i]->element[1];
+        assert_string_equal(f->element[0]->str, "p");
+        Bb__Receipt *rec =
+            bb__receipt__unpack(NULL, f->element[1]->len, (const uint8_t *)f->element[1]->str);
+        assert_non_null(rec);
+        ok += rec->outcome == BB__OUTCOME__OUTCOME_OK;
+        unknown += rec->outcome == BB__OUTCOME__OUTCOME_PERMANENT &&
+                   strcmp(rec->reason, "unknown_user") == 0 &&
+                   strcmp(rec->delivery_id, "r:rep4:3:9001") == 0;
+        bb__receipt__free_unpacked(rec, NULL);
+    }
+    freeReplyObject(r);
+    assert_int_equal(ok, 15);
+    assert_int_equal(unknown, 1);
+
+    /* Dead letters: the corrupt batch and the unknown dictionary. */
+    r = cmd("XRANGE bb:dead - +");
+    assert_int_equal(r->elements, 2);
+    bool decode = false, nodict = false;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *f = r->element[i]->element[1];
+        assert_string_equal(f->element[0]->str, "reason");
+        decode = decode || strcmp(f->element[1]->str, "decode_error") == 0;
+        nodict = nodict || strcmp(f->element[1]->str, "unknown_dictionary") == 0;
+        assert_string_equal(f->element[4]->str, "stream");
+        assert_string_equal(f->element[5]->str, STREAM);
+    }
+    freeReplyObject(r);
+    assert_true(decode);
+    assert_true(nodict);
+    assert_int_equal(cmd_int("EXISTS bb:sent:r:rep1:3:1"), 1);
+}
+
+static void crash_and_restart_sends_nothing_twice(void **state)
+{
+    enum { NBATCH = 300, PER = NUSERS };
+    static uint8_t buf[8192];
+    for (int b = 0; b < NBATCH; b++) {
+        char rep[32];
+        snprintf(rep, sizeof(rep), "c%d", b);
+        xadd(buf, make_batch(buf, sizeof(buf), rep, "na de crash", dict_a, 1, PER));
+    }
+    pid_t pid = start_worker("w-crash");
+    /* Kill it mid-stream: some lines written, far from all. */
+    for (int t = 0; t < 20000; t += 5) {
+        FILE *f = fopen(out_path, "r");
+        long size = 0;
+        if (f) {
+            fseek(f, 0, SEEK_END);
+            size = ftell(f);
+            fclose(f);
+        }
+        if (size > 200 * 300) {
+            break;
+        }
+        sleep_ms(5);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    worker_pid = 0;
+    long long left = unfinished();
+    print_message("killed with %lld entries unfinished\n", left);
+    assert_true(left > 0);
+
+    pid = start_worker("w-crash");
+    bool done = wait_done(60000);
+    int st = stop_worker(pid, SIGTERM);
+    assert_true(done);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+
+    size_t nids = (size_t)NBATCH * PER;
+    const char **ids = calloc(nids, sizeof(*ids));
+    char(*idbuf)[48] = calloc(nids, sizeof(*idbuf));
+    unsigned *counts = calloc(nids, sizeof(*counts));
+    assert_true(ids && idbuf && counts);
+    for (size_t i = 0; i < nids; i++) {
+        snprintf(idbuf[i], sizeof(idbuf[i]), "r:c%zu:3:%zu", i / PER, i % PER + 1);
+        ids[i] = idbuf[i];
+    }
+    read_lines(ids, nids, counts, NULL, NULL);
+    size_t missing = 0;
+    for (size_t i = 0; i < nids; i++) {
+        assert_true(counts[i] <= 1);
+        if (counts[i] == 0) {
+            /* Only the documented window may lose one: recorded, never sent. */
+            assert_int_equal(cmd_int("EXISTS bb:sent:%s", ids[i]), 1);
+            missing++;
+        }
+    }
+    print_message("deliveries lost in the crash window: %zu of %zu\n", missing, nids);
+    /* The window holds at most max_unconfirmed deliveries. */
+    assert_true(missing <= MAX_UNCONFIRMED);
+    free(ids);
+    free(idbuf);
+    free(counts);
+}
+
+/* A worker that read batches and died: another one takes them over. */
+static void abandoned_batches_are_claimed(void **state)
+{
+    static uint8_t buf[8192];
+    for (int b = 0; b < 3; b++) {
+        char rep[32];
+        snprintf(rep, sizeof(rep), "g%d", b);
+        xadd(buf, make_batch(buf, sizeof(buf), rep, "verlaten", dict_a, 1, 5));
+    }
+    freeReplyObject(cmd("XGROUP CREATE %s bb-workers 0 MKSTREAM", STREAM));
+    redisReply *r = cmd("XREADGROUP GROUP bb-workers ghost COUNT 10 STREAMS %s >", STREAM);
+    freeReplyObject(r);
+    extra_conf = "claim_idle 1s\nclaim_interval 200ms\n";
+    pid_t pid = start_worker("w-claim");
+    extra_conf = "";
+    bool done = wait_done(20000);
+    int st = stop_worker(pid, SIGTERM);
+    assert_true(done);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    const char *ids[15];
+    char idbuf[15][48];
+    for (int i = 0; i < 15; i++) {
+        snprintf(idbuf[i], sizeof(idbuf[i]), "r:g%d:3:%d", i / 5, i % 5 + 1);
+        ids[i] = idbuf[i];
+    }
+    unsigned counts[15];
+    assert_int_equal(read_lines(ids, 15, counts, NULL, NULL), 15);
+    for (int i = 0; i < 15; i++) {
+        assert_int_equal(counts[i], 1);
+    }
+}
+
+/* The host's HTTP helper (curl multi on the loop) through a test plug-in:
+ * ok, retry honouring Retry-After, gone and permanent failures. */
+static void http_outcomes(void **state)
+{
+    char portfile[512], accepted[512];
+    bb_harness_path(portfile, sizeof(portfile), "http.port");
+    bb_harness_path(accepted, sizeof(accepted), "http.accepted");
+    unlink(portfile);
+    unlink(accepted);
+    pid_t server = fork();
+    assert_true(server >= 0);
+    if (server == 0) {
+        execlp("python3", "python3", BB_HTTP_SERVER, portfile, accepted, (char *)NULL);
+        _exit(127);
+    }
+    int port = 0;
+    for (int t = 0; t < 10000 && !port; t += 50) {
+        FILE *f = fopen(portfile, "r");
+        if (f) {
+            if (fscanf(f, "%d", &port) != 1) {
+                port = 0;
+            }
+            fclose(f);
+        }
+        if (!port) {
+            sleep_ms(50);
+        }
+    }
+    assert_true(port > 0);
+
+    static uint8_t buf[8192];
+    xadd(buf, make_batch(buf, sizeof(buf), "h1", "http", dict_a, 1, 5));
+    char conf[2048];
+    snprintf(conf, sizeof(conf),
+             "redis %s\nname w-http\nplugin_dir \"%s\"\nblock 100ms\nretry_min 10ms\n"
+             "retry_max 2s\nchannels inbox\nchannel.inbox.plugin httptest\n"
+             "channel.inbox.url http://127.0.0.1:%d/\n",
+             srv->addr, BB_TEST_PLUGIN_DIR, port);
+    int64_t t0 = bb_mono_ms();
+    pid_t pid = spawn_worker(conf);
+    bool done = wait_done(20000);
+    int64_t took = bb_mono_ms() - t0;
+    int st = stop_worker(pid, SIGTERM);
+    kill(server, SIGTERM);
+    waitpid(server, NULL, 0);
+    assert_true(done);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_true(took >= 900); /* Retry-After: 1 was honoured */
+
+    const char *ids[] = {"r:h1:3:1", "r:h1:3:3", "r:h1:3:5"};
+    unsigned counts[3] = {0, 0, 0};
+    FILE *f = fopen(accepted, "r");
+    assert_non_null(f);
+    char line[128];
+    size_t n = 0;
+    while (fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\n")] = '\0';
+        for (int i = 0; i < 3; i++) {
+            counts[i] += strcmp(line, ids[i]) == 0;
+        }
+        n++;
+    }
+    fclose(f);
+    assert_int_equal(n, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(counts[i], 1);
+    }
+
+    redisReply *r = cmd("XRANGE bb:receipts - +");
+    int ok = 0, retry = 0, gone = 0, perm = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *fr = r->element[i]->element[1];
+        Bb__Receipt *rec =
+            bb__receipt__unpack(NULL, fr->element[1]->len, (const uint8_t *)fr->element[1]->str);
+        assert_non_null(rec);
+        ok += rec->outcome == BB__OUTCOME__OUTCOME_OK;
+        retry += rec->outcome == BB__OUTCOME__OUTCOME_RETRY &&
+                 strcmp(rec->delivery_id, "r:h1:3:3") == 0 && strcmp(rec->reason, "http_503") == 0;
+        gone += rec->outcome == BB__OUTCOME__OUTCOME_PERMANENT &&
+                strcmp(rec->reason, "unregistered") == 0;
+        perm +=
+            rec->outcome == BB__OUTCOME__OUTCOME_PERMANENT && strcmp(rec->reason, "http_400") == 0;
+        bb__receipt__free_unpacked(rec, NULL);
+    }
+    freeReplyObject(r);
+    assert_int_equal(ok, 3);
+    assert_int_equal(retry, 1);
+    assert_int_equal(gone, 1);
+    assert_int_equal(perm, 1);
+
+    r = cmd("XRANGE bb:dead - +");
+    assert_int_equal(r->elements, 2);
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *fr = r->element[i]->element[1];
+        assert_true(strcmp(fr->element[1]->str, "unregistered") == 0 ||
+                    strcmp(fr->element[1]->str, "http_400") == 0);
+        assert_true(fr->elements >= 14);
+        assert_string_equal(fr->element[12]->str, "delivery");
+    }
+    freeReplyObject(r);
+}
+
+/* --check-config loads the plug-ins and checks their options, without Redis. */
+static void config_errors_are_clear(void **state)
+{
+    static const struct {
+        const char *extra;
+        int status;
+        const char *says;
+    } cases[] = {
+        {"channel.inbox.plugin file\nchannel.inbox.path /tmp/x\n", 0, "configuration ok"},
+        {"channel.inbox.plugin file\nchannel.inbox.path /tmp/x\nchannel.inbox.colour red\n", 1,
+         "has no option 'colour'"},
+        {"channel.inbox.plugin file\n", 1, "channel.inbox.path: required"},
+        {"channel.inbox.plugin nope\n", 1, "cannot load plug-in"},
+        {"channel.inbox.plugin file\nchannel.inbox.path /tmp/x\nchannel.other.path /tmp/y\n", 1,
+         "'other' is not in channels"},
+        {"channel.inbox.plugin file\nchannel.inbox.path /tmp/x\nbogus 1\n", 1, "bogus"},
+        {"channel.inbox.plugin file\nchannel.inbox.path /tmp/x\nchannel.inbox.fsync maybe\n", 1,
+         "channel.inbox.fsync: bad value"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]) + 1; i++) {
+        char conf[1024], cpath[512];
+        /* The last round: a plug-in built for a newer ABI is refused. */
+        bool badabi = i == sizeof(cases) / sizeof(cases[0]);
+        snprintf(conf, sizeof(conf), "redis 127.0.0.1:1\nplugin_dir \"%s\"\nchannels inbox\n%s",
+                 badabi ? BB_TEST_PLUGIN_DIR : BB_PLUGIN_DIR,
+                 badabi ? "channel.inbox.plugin badabi\n" : cases[i].extra);
+        int want = badabi ? 1 : cases[i].status;
+        const char *says = badabi ? "built for ABI version 2, this host speaks 1" : cases[i].says;
+        assert_non_null(bb_harness_write_file(cpath, sizeof(cpath), "check.conf", conf));
+        const char *argv[] = {BB_WORKER_PATH, "-c", cpath, "--check-config", NULL};
+        struct bb_run_result res;
+        assert_int_equal(bb_harness_run(argv, NULL, 30, &res), 0);
+        if (res.status != want || (!strstr(res.out, says) && !strstr(res.err, says))) {
+            print_error("case %zu: status %d\nout: %s\nerr: %s\n", i, res.status, res.out, res.err);
+        }
+        assert_int_equal(res.status, want);
+        assert_true(strstr(res.out, says) || strstr(res.err, says));
+        bb_run_result_free(&res);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(delivers_receipts_and_dead_letters, reset),
+        cmocka_unit_test_setup(crash_and_restart_sends_nothing_twice, reset),
+        cmocka_unit_test_setup(abandoned_batches_are_claimed, reset),
+        cmocka_unit_test_setup(http_outcomes, reset),
+        cmocka_unit_test(config_errors_are_clear),
+    };
+    int failures = cmocka_run_group_tests(tests, setup, teardown);
+    bb_harness_finish(failures != 0);
+    return failures;
+}

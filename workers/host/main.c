@@ -1,0 +1,351 @@
+/* buurtbus-worker: the channel plug-in host. One process serves the
+ * channel instances its configuration names; each has a stream reader
+ * (stream.c) and a loaded plug-in (plugin.c). Everything runs on one
+ * event loop: the Redis connections (one shared commands connection, one
+ * blocking reader per channel), the plug-ins' HTTP through curl's
+ * multi-socket API (hostapi.c), timers and signals.
+ *
+ * Signals: SIGTERM/SIGINT stop reading, let deliveries in flight finish
+ * (shutdown_grace), ack, exit. What is unfinished stays pending in Redis.
+ *
+ * Threads: main thread only. */
+#include <event2/event.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bb_conn.h"
+#include "bb_err.h"
+#include "host.h"
+#include "log.h"
+
+struct worker {
+    struct bb_worker_config cfg;
+    struct event_base *base;
+    struct bb_conn *commands;
+    struct bb_host *host;
+    size_t n;
+    struct bb_plugin *plugins;
+    void **ctxs;
+    struct bb_stream **streams;
+    struct event *sig_term, *sig_int, *sig_hup, *drain_ev;
+    int64_t drain_deadline;
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: buurtbus-worker [-c FILE] [--set NAME=VALUE]... [--check-config]\n"
+            "                       [--dump-config] [--version] [--help]\n"
+            "\n"
+            "  -c, --config FILE   configuration file (channels, channel.<inst>.plugin, ...)\n"
+            "  --set NAME=VALUE    override one option after the file (channel.* too)\n"
+            "  --check-config      load the plug-ins, check the configuration, exit (0 = valid)\n"
+            "  --dump-config       print the effective configuration and exit\n"
+            "\n"
+            "Signals: SIGTERM/SIGINT finish deliveries in flight, ack, exit; SIGHUP is\n"
+            "logged and ignored.\n");
+}
+
+static void on_commands_ready(struct bb_conn *c, void *arg)
+{
+    struct worker *w = arg;
+    for (size_t i = 0; i < w->n; i++) {
+        if (w->streams[i]) {
+            bb_stream_commands_ready(w->streams[i]);
+        }
+    }
+}
+
+static unsigned inflight(const struct worker *w)
+{
+    unsigned n = 0;
+    for (size_t i = 0; i < w->n; i++) {
+        n += w->streams[i] ? bb_stream_inflight(w->streams[i]) : 0;
+    }
+    return n;
+}
+
+static void on_drain(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    unsigned n = inflight(w);
+    if (n == 0 || bb_mono_ms() >= w->drain_deadline) {
+        if (n) {
+            bb_warn("grace period over; unfinished batches stay pending", "inflight=%u", n);
+        }
+        event_base_loopexit(w->base, NULL);
+        return;
+    }
+    struct timeval tv = {0, 50 * 1000};
+    evtimer_add(w->drain_ev, &tv);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct worker *w = arg;
+    if (sig == SIGHUP) {
+        /* Nothing reloads yet; without a handler SIGHUP would end the process. */
+        bb_info("reload requested; nothing to reload", NULL);
+        return;
+    }
+    if (w->drain_deadline) {
+        return;
+    }
+    bb_info("shutdown requested", "signal=%d inflight=%u", (int)sig, inflight(w));
+    for (size_t i = 0; i < w->n; i++) {
+        if (w->streams[i]) {
+            bb_stream_stop(w->streams[i]);
+        }
+    }
+    w->drain_deadline = bb_mono_ms() + w->cfg.shutdown_grace_ms;
+    on_drain(-1, 0, w);
+}
+
+static int check(struct bb_worker_config *cfg, char *err, size_t errlen)
+{
+    if (bb_log_level_parse(cfg->log_level) < 0) {
+        snprintf(err, errlen, "log_level: expected debug, info, warn or error, got '%s'",
+                 cfg->log_level);
+        return BB_ECONFIG;
+    }
+    if (!cfg->redis[0] ||
+        (cfg->redis[0] != '/' &&
+         strspn(cfg->redis, "0123456789.:[]abcdefABCDEF") != strlen(cfg->redis))) {
+        snprintf(err, errlen,
+                 "redis: '%s' is not an IP literal or socket path (host names would be resolved "
+                 "with a blocking call)",
+                 cfg->redis);
+        return BB_ECONFIG;
+    }
+    if (!cfg->group[0]) {
+        snprintf(err, errlen, "group: must not be empty");
+        return BB_ECONFIG;
+    }
+    if (cfg->retry_min_ms > cfg->retry_max_ms) {
+        snprintf(err, errlen, "retry_min must not exceed retry_max");
+        return BB_ECONFIG;
+    }
+    if (!cfg->name[0]) {
+        char host[64] = "worker";
+        gethostname(host, sizeof(host) - 1);
+        char name[128];
+        snprintf(name, sizeof(name), "%s-%d", host, (int)getpid());
+        free(cfg->name);
+        cfg->name = strdup(name);
+        if (!cfg->name) {
+            return BB_ENOMEM;
+        }
+    }
+    return BB_OK;
+}
+
+/* Loads every plug-in and runs its init; with check_only, destroys again. */
+static int start_channels(struct worker *w, bool check_only)
+{
+    char err[512];
+    for (size_t i = 0; i < w->n; i++) {
+        const struct bb_chan_conf *cc = &w->cfg.chans[i];
+        if (bb_plugin_load(&w->plugins[i], w->cfg.plugin_dir, cc->plugin, err, sizeof(err)) !=
+            BB_OK) {
+            bb_error("plug-in refused", "channel=%s plugin=%s why=\"%s\"", cc->instance, cc->plugin,
+                     err);
+            return BB_ECONFIG;
+        }
+        const struct bb_channel *ch = w->plugins[i].ch;
+        struct bb_channel_config *pc = bb_plugin_config_new(ch, cc, err, sizeof(err));
+        if (!pc) {
+            bb_error("bad channel configuration", "channel=%s why=\"%s\"", cc->instance, err);
+            return BB_ECONFIG;
+        }
+        err[0] = '\0';
+        int rc = ch->init(bb_host_api_get(w->host), pc, &w->ctxs[i], err, sizeof(err));
+        bb_plugin_config_free(pc);
+        if (rc != 0) {
+            w->ctxs[i] = NULL;
+            bb_error("plug-in init failed", "channel=%s plugin=%s why=\"%s\"", cc->instance,
+                     cc->plugin, err);
+            return BB_ECONFIG;
+        }
+        if (check_only) {
+            continue;
+        }
+        w->streams[i] = bb_stream_new(w->base, &w->cfg, cc, ch, w->ctxs[i], w->commands);
+        if (!w->streams[i]) {
+            bb_error("cannot start channel", "channel=%s", cc->instance);
+            return BB_ENOMEM;
+        }
+        bb_info("channel started", "channel=%s plugin=%s stream=%s", cc->instance, cc->plugin,
+                cc->stream);
+    }
+    return BB_OK;
+}
+
+static void worker_free(struct worker *w)
+{
+    /* The commands connection first: its pending callbacks (with NULL
+     * replies) still find their batches and plug-ins. */
+    bb_conn_free(w->commands);
+    w->commands = NULL;
+    bb_host_abandon(w->host);
+    for (size_t i = 0; i < w->n; i++) {
+        bb_stream_free(w->streams ? w->streams[i] : NULL);
+        if (w->ctxs && w->ctxs[i]) {
+            w->plugins[i].ch->destroy(w->ctxs[i]);
+        }
+    }
+    bb_host_free(w->host);
+    for (size_t i = 0; w->plugins && i < w->n; i++) {
+        bb_plugin_unload(&w->plugins[i]);
+    }
+    struct event *evs[] = {w->sig_term, w->sig_int, w->sig_hup, w->drain_ev};
+    for (size_t i = 0; i < 4; i++) {
+        if (evs[i]) {
+            event_free(evs[i]);
+        }
+    }
+    free(w->plugins);
+    free(w->ctxs);
+    free(w->streams);
+    if (w->base) {
+        event_base_free(w->base);
+    }
+    bb_worker_config_free(&w->cfg);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {{"config", required_argument, NULL, 'c'},
+                                             {"set", required_argument, NULL, 's'},
+                                             {"check-config", no_argument, NULL, 'k'},
+                                             {"dump-config", no_argument, NULL, 'd'},
+                                             {"version", no_argument, NULL, 'v'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+    struct worker w;
+    const char *path = NULL;
+    const char **sets = calloc((size_t)argc + 1, sizeof(*sets));
+    size_t nsets = 0;
+    bool check_only = false, dump = false;
+    char err[512];
+    int status = 1;
+
+    memset(&w, 0, sizeof(w));
+    bb_log_init("worker", BB_LOG_INFO);
+    if (!sets) {
+        return 1;
+    }
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 's':
+            sets[nsets++] = optarg;
+            break;
+        case 'k':
+            check_only = true;
+            break;
+        case 'd':
+            dump = true;
+            break;
+        case 'v':
+            printf("buurtbus-worker %s (plug-in ABI %d)\n", BB_VERSION, BB_CHANNEL_ABI_VERSION);
+            free(sets);
+            return 0;
+        case 'h':
+            usage(stdout);
+            free(sets);
+            return 0;
+        default:
+            usage(stderr);
+            free(sets);
+            return 2;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        free(sets);
+        return 2;
+    }
+    int rc = bb_worker_config_load(&w.cfg, path, sets, nsets, err, sizeof(err));
+    free(sets);
+    if (rc == BB_OK) {
+        rc = check(&w.cfg, err, sizeof(err));
+    }
+    if (rc != BB_OK) {
+        fprintf(stderr, "buurtbus-worker: %s\n", err);
+        bb_worker_config_free(&w.cfg);
+        return 1;
+    }
+    bb_log_set_level((enum bb_log_level)bb_log_level_parse(w.cfg.log_level));
+    if (dump) {
+        bb_worker_config_dump(&w.cfg);
+        bb_worker_config_free(&w.cfg);
+        return 0;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    w.n = w.cfg.nchans;
+    w.plugins = calloc(w.n, sizeof(*w.plugins));
+    w.ctxs = calloc(w.n, sizeof(*w.ctxs));
+    w.streams = calloc(w.n, sizeof(*w.streams));
+    w.base = event_base_new();
+    if (!w.plugins || !w.ctxs || !w.streams || !w.base) {
+        bb_error("out of memory", NULL);
+        goto out;
+    }
+    struct bb_conn_opts o = {
+        .name = "commands",
+        .addr = w.cfg.redis,
+        .password = w.cfg.redis_password,
+        .connect_timeout_ms = w.cfg.connect_timeout_ms,
+        .command_timeout_ms = w.cfg.command_timeout_ms,
+        .reconnect_min_ms = w.cfg.reconnect_min_ms,
+        .reconnect_max_ms = w.cfg.reconnect_max_ms,
+        .keepalive_s = (int)w.cfg.keepalive_s,
+        .on_ready = on_commands_ready,
+        .arg = &w,
+    };
+    if (!check_only) {
+        w.commands = bb_conn_new(w.base, &o);
+        if (!w.commands) {
+            bb_error("cannot create the redis connection", NULL);
+            goto out;
+        }
+    }
+    w.host = bb_host_new(w.base, w.commands, (long)w.cfg.http_timeout_ms);
+    if (!w.host) {
+        bb_error("cannot start libcurl", NULL);
+        goto out;
+    }
+    if (start_channels(&w, check_only) != BB_OK) {
+        goto out;
+    }
+    if (check_only) {
+        printf("configuration ok\n");
+        status = 0;
+        goto out;
+    }
+    w.sig_term = evsignal_new(w.base, SIGTERM, on_signal, &w);
+    w.sig_int = evsignal_new(w.base, SIGINT, on_signal, &w);
+    w.sig_hup = evsignal_new(w.base, SIGHUP, on_signal, &w);
+    w.drain_ev = evtimer_new(w.base, on_drain, &w);
+    if (!w.sig_term || !w.sig_int || !w.sig_hup || !w.drain_ev) {
+        goto out;
+    }
+    event_add(w.sig_term, NULL);
+    event_add(w.sig_int, NULL);
+    event_add(w.sig_hup, NULL);
+    bb_info("worker started", "name=%s group=%s channels=%zu", w.cfg.name, w.cfg.group, w.n);
+    event_base_dispatch(w.base);
+    bb_info("worker stopped", NULL);
+    status = 0;
+
+out:
+    worker_free(&w);
+    return status;
+}
