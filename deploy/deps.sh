@@ -8,7 +8,7 @@ BB_PACKAGES=(
   build-essential cmake pkg-config
   libevent-dev libhiredis-dev libprotobuf-c-dev protobuf-c-compiler libzstd-dev
   libck-dev libjson-c-dev libcmocka-dev libcurl4-openssl-dev
-  redis-server redis-tools tzdata curl
+  redis-server redis-tools tzdata curl python3
 )
 
 bb_install_deps() {
