@@ -2,8 +2,10 @@
 # buurtbus quickstart: installs what is missing, builds, starts a throwaway
 # redis-server on a free loopback port, loads a demo neighbourhood
 # ('s-Hertogenbosch: a few thousand residents in a dozen groups), starts the
-# broker, posts a handful of reports of different kinds and prints, per
-# report, how many people got it on which channel, with example recipients.
+# broker and a worker (push, inbox and digest to files, e-mail to a local
+# SMTP server), posts a handful of reports of different kinds and prints,
+# per report, how many people got it on which channel, with example
+# recipients, and what the worker delivered.
 #
 #   deploy/quickstart.sh          stay up showing live counts until Ctrl-C
 #   deploy/quickstart.sh --once   run through and exit
@@ -27,15 +29,22 @@ bb_install_deps python3
 
 build="$top/build"
 echo "==> building in $build"
-cmake -S "$top" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBB_TESTS=OFF -DBB_BENCH=OFF >/dev/null
-cmake --build "$build" -j"$(nproc)" >/dev/null
+cmake -S "$top" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBB_TESTS=ON -DBB_BENCH=OFF >/dev/null
+cmake --build "$build" -j"$(nproc)" --target buurtbus-broker buurtbusctl buurtbus-worker \
+  bb-channel-file bb-channel-smtp bb-smtp-sink >/dev/null
 broker="$build/broker/buurtbus-broker"
 ctl="$build/broker/ctl/buurtbusctl"
+worker="$build/workers/buurtbus-worker"
+sink="$build/tests/smtp-sink/bb-smtp-sink"
 
 tmp=$(mktemp -d /tmp/buurtbus-quickstart.XXXXXX)
 redis_pid=""
 broker_pid=""
+worker_pid=""
+sink_pid=""
 cleanup() {
+  [ -n "$worker_pid" ] && kill "$worker_pid" 2>/dev/null && wait "$worker_pid" 2>/dev/null || true
+  [ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null && wait "$sink_pid" 2>/dev/null || true
   [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null && wait "$broker_pid" 2>/dev/null || true
   [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null || true
   rm -rf "$tmp"
@@ -81,6 +90,36 @@ echo "==> starting buurtbus-broker (metrics on http://127.0.0.1:$mport/metrics)"
 "$broker" -c "$tmp/broker.conf" 2>"$tmp/broker.log" &
 broker_pid=$!
 
+echo "==> a local SMTP server (bb-smtp-sink) and buurtbus-worker: push, inbox, digest to files, e-mail by SMTP"
+mkdir -p "$tmp/mail"
+"$sink" --port 0 --maildir "$tmp/mail" > "$tmp/sink.out" 2>"$tmp/sink.log" &
+sink_pid=$!
+for _ in $(seq 1 50); do grep -q listening "$tmp/sink.out" 2>/dev/null && break; sleep 0.1; done
+sport=$(awk '/listening/ {n = split($2, a, ":"); print a[n]}' "$tmp/sink.out")
+# Contact addresses live in Redis for the workers, never in the broker.
+redis-cli -p "$rport" --raw smembers bb:users | \
+  awk '{print "HSET bb:user:" $1 " email buur" $1 "@demo.buurtbus.example"}' | \
+  redis-cli -p "$rport" >/dev/null
+cat > "$tmp/worker.conf" <<CONF
+redis 127.0.0.1:$rport
+name quickstart-worker
+plugin_dir $build/workers/plugins-out
+log_level warn
+channels push,inbox,digest,email
+channel.push.plugin file
+channel.push.path $tmp/push.jsonl
+channel.inbox.plugin file
+channel.inbox.path $tmp/inbox.jsonl
+channel.digest.plugin file
+channel.digest.path $tmp/digest.jsonl
+channel.email.plugin smtp
+channel.email.url smtp://127.0.0.1:$sport
+channel.email.from meldingen@demo.buurtbus.example
+channel.email.from_name Buurtpreventie
+CONF
+"$worker" -c "$tmp/worker.conf" 2>"$tmp/worker.log" &
+worker_pid=$!
+
 echo "==> posting reports"
 "$ctl" "${R[@]}" post --file "$top/deploy/demo/reports.jsonl" >/dev/null
 "$ctl" "${R[@]}" post-status '{"id":"demo-status-1","report_id":"demo-inbraak-muntel","status":"police_on_site","text":"Politie is ter plaatse, dank voor de snelle melding","source":"police","reporter_id":1004,"category":"burglary","urgency":"recent"}' >/dev/null
@@ -109,9 +148,27 @@ echo "==> who got what (per report: deliveries per channel, example recipients)"
 echo
 echo "==> why a resident did (not) get the police-only city-centre report:"
 "$ctl" "${R[@]}" route --entry "$(redis-cli -p "$rport" xrange bb:reports - + | sed -n '4p')" \
-  | head -8
-dead=$(redis-cli -p "$rport" xlen bb:dead)
+  > "$tmp/route.txt"
+head -8 "$tmp/route.txt"
+# Give the worker a moment to hand everything over.
+for _ in $(seq 1 100); do
+  [ "$(redis-cli -p "$rport" xpending bb:out:email bb-workers 2>/dev/null | head -1)" = "0" ] &&
+    [ "$(redis-cli -p "$rport" xpending bb:out:push bb-workers 2>/dev/null | head -1)" = "0" ] && break
+  sleep 0.1
+done
+sleep 0.5
+count() { if [ -f "$1" ]; then wc -l < "$1"; else echo 0; fi; }
 echo
+echo "==> delivered by buurtbus-worker"
+echo "push (file channel):   $(count "$tmp/push.jsonl") deliveries, e.g.:"
+head -1 "$tmp/push.jsonl" 2>/dev/null | cut -c1-220
+echo "inbox (file channel):  $(count "$tmp/inbox.jsonl") deliveries"
+echo "digest (file channel): $(count "$tmp/digest.jsonl") deliveries (collected for the daily e-mail)"
+echo "e-mail (SMTP):         $(ls "$tmp/mail" | wc -l) messages received by the local SMTP server, e.g.:"
+first=$(ls "$tmp/mail" | head -1)
+[ -n "$first" ] && grep -m4 -E '^(Subject|To|List-Unsubscribe|Message-ID):' "$tmp/mail/$first"
+echo "receipts: $(redis-cli -p "$rport" xlen bb:receipts)"
+dead=$(redis-cli -p "$rport" xlen bb:dead)
 echo "dead letters: $dead"
 
 if [ "$once" = 1 ]; then
