@@ -65,34 +65,11 @@ static int check(struct bb_broker_config *cfg, char *err, size_t errlen)
                  cfg->log_level);
         return BB_ECONFIG;
     }
-    if (!cfg->redis[0]) {
-        snprintf(err, errlen, "redis: an address is required");
-        return BB_ECONFIG;
+    int rc = bb_conn_check_settings(cfg->redis, cfg->group, err, errlen);
+    if (rc != BB_OK) {
+        return rc;
     }
-    if (cfg->redis[0] != '/' &&
-        strspn(cfg->redis, "0123456789.:[]abcdefABCDEF") != strlen(cfg->redis)) {
-        snprintf(err, errlen,
-                 "redis: '%s' is not an IP literal or socket path (host names would be resolved "
-                 "with a blocking call)",
-                 cfg->redis);
-        return BB_ECONFIG;
-    }
-    if (!cfg->group[0]) {
-        snprintf(err, errlen, "group: must not be empty");
-        return BB_ECONFIG;
-    }
-    if (!cfg->name[0]) {
-        char host[64] = "broker";
-        gethostname(host, sizeof(host) - 1);
-        char name[128];
-        snprintf(name, sizeof(name), "%s-%d", host, (int)getpid());
-        free(cfg->name);
-        cfg->name = strdup(name);
-        if (!cfg->name) {
-            return BB_ENOMEM;
-        }
-    }
-    return BB_OK;
+    return bb_consumer_name_default(&cfg->name);
 }
 
 /* Loads the directory, retrying with backoff while Redis is unreachable. */

@@ -6,9 +6,11 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "bb_err.h"
 #include "bb_conn.h"
@@ -348,4 +350,40 @@ void bb_conn_reset(struct bb_conn *c, const char *why)
     if (c->state == CS_READY || c->state == CS_CONNECTING || c->state == CS_AUTH) {
         conn_drop(c, why);
     }
+}
+
+int bb_conn_check_settings(const char *addr, const char *group, char *err, size_t errlen)
+{
+    /* hiredis 0.14 resolves host names with a blocking call on the loop. */
+    if (!addr[0] ||
+        (addr[0] != '/' && strspn(addr, "0123456789.:[]abcdefABCDEF") != strlen(addr))) {
+        snprintf(err, errlen,
+                 "redis: '%s' is not an IP literal or socket path (host names would be resolved "
+                 "with a blocking call)",
+                 addr);
+        return BB_ECONFIG;
+    }
+    if (!group[0]) {
+        snprintf(err, errlen, "group: must not be empty");
+        return BB_ECONFIG;
+    }
+    return BB_OK;
+}
+
+int bb_consumer_name_default(char **name)
+{
+    if (*name && (*name)[0]) {
+        return BB_OK;
+    }
+    char host[64] = "buurtbus", buf[128];
+    gethostname(host, sizeof(host) - 1);
+    host[sizeof(host) - 1] = '\0';
+    snprintf(buf, sizeof(buf), "%s-%d", host, (int)getpid());
+    char *copy = strdup(buf);
+    if (!copy) {
+        return BB_ENOMEM;
+    }
+    free(*name);
+    *name = copy;
+    return BB_OK;
 }

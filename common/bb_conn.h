@@ -43,6 +43,13 @@ int bb_conn_commandf(struct bb_conn *c, bb_reply_fn *cb, void *priv, const char 
 /* Closes the connection and reconnects after backoff (used on protocol errors). */
 void bb_conn_reset(struct bb_conn *c, const char *why);
 
+/* The checks and defaults both daemons apply to their Redis settings.
+ * Returns 0, or BB_ECONFIG with the message in err. */
+int bb_conn_check_settings(const char *addr, const char *group, char *err, size_t errlen);
+/* If *name is empty, replaces it (heap string) with "<hostname>-<pid>".
+ * Returns 0 or BB_ENOMEM. */
+int bb_consumer_name_default(char **name);
+
 /* Connections lost, all bb_conns of the process together (for metrics). */
 extern _Atomic uint64_t bb_conn_reconnects;
 
