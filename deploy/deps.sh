@@ -7,7 +7,7 @@ set -euo pipefail
 BB_PACKAGES=(
   build-essential cmake pkg-config
   libevent-dev libhiredis-dev libprotobuf-c-dev protobuf-c-compiler libzstd-dev
-  libck-dev libjson-c-dev libcmocka-dev libcurl4-openssl-dev
+  libck-dev libjson-c-dev libcmocka-dev libcurl4-openssl-dev libssl-dev
   redis-server redis-tools tzdata curl python3
 )
 

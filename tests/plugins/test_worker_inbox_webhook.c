@@ -1,0 +1,489 @@
+/* buurtbus-worker end to end with the inbox and webhook plug-ins: a real
+ * redis-server, DeliveryBatch entries written by hand into bb:out:inbox
+ * and bb:out:webhook, the built worker as a child process, and a stand-in
+ * webhook receiver (webhook_server.py) that records every request.
+ * Checked: inbox entries and their live PUBLISH (seen by a subscriber),
+ * the webhook body and its HMAC signature (recomputed here with
+ * libcrypto), 410 -> gone (dead letter), 503 -> retried then delivered
+ * once. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bb_conn.h"
+#include "delivery.pb-c.h"
+#include "directory.pb-c.h"
+#include "harness.h"
+#include "wire.h"
+
+#define SECRET "s3cr3t-webhook-key"
+#define TEXT "Twee mannen \"kijken\" bij\nde ramen \\ ç — klaar"
+
+static const struct bb_redis_server *srv;
+static redisContext *rc;
+static pid_t worker_pid, server_pid;
+
+static redisReply *cmd(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(rc, fmt, ap);
+    va_end(ap);
+    assert_non_null(r);
+    assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
+    return r;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* A packed DeliveryBatch (no dictionary) for report_id to recipients 1..n. */
+static size_t make_batch(uint8_t *out, size_t cap, const char *report_id, int channel, size_t n)
+{
+    Bb__Media m = BB__MEDIA__INIT;
+    Bb__Media *mp = &m;
+    m.url = "https://media.example.org/a.jpg";
+    m.mime_type = "image/jpeg";
+    Bb__Notification nt = BB__NOTIFICATION__INIT;
+    nt.schema_version = 1;
+    nt.kind = BB__NOTIFICATION_KIND__NOTIFICATION_KIND_REPORT;
+    nt.report_id = (char *)report_id;
+    nt.time_ms = 1732800000000LL;
+    nt.category = BB__CATEGORY__CATEGORY_BURGLARY;
+    nt.urgency = BB__URGENCY__URGENCY_IN_PROGRESS;
+    nt.source = BB__SOURCE__SOURCE_RESIDENT;
+    nt.locale = "nl";
+    nt.title = "Inbraak";
+    nt.text = TEXT;
+    nt.author = "Jan";
+    nt.cell = "u1hbcq7";
+    nt.lat = 51.69;
+    nt.lon = 5.30;
+    nt.media = &mp;
+    nt.n_media = 1;
+    uint8_t raw[2048], z[4096];
+    size_t rawlen = bb__notification__pack(&nt, raw), zlen = 0;
+    struct bb_zenc *enc = bb_zenc_new(3);
+    assert_non_null(enc);
+    assert_int_equal(bb_zenc_compress(enc, NULL, raw, rawlen, z, sizeof(z), &zlen), 0);
+    bb_zenc_free(enc);
+    uint64_t rcpt[16];
+    assert_true(n <= 16);
+    for (size_t i = 0; i < n; i++) {
+        rcpt[i] = i + 1;
+    }
+    char key[96];
+    snprintf(key, sizeof(key), "r:%s", report_id);
+    Bb__DeliveryBatch b = BB__DELIVERY_BATCH__INIT;
+    b.schema_version = 1;
+    b.channel = channel;
+    b.notification_key = key;
+    b.locale = "nl";
+    b.notification_zstd.data = z;
+    b.notification_zstd.len = zlen;
+    b.recipient_kind = BB__RECIPIENT_KIND__RECIPIENT_KIND_USER;
+    b.recipients = rcpt;
+    b.n_recipients = n;
+    b.batch_count = 1;
+    b.urgency = BB__URGENCY__URGENCY_IN_PROGRESS;
+    assert_true(bb__delivery_batch__get_packed_size(&b) <= cap);
+    return bb__delivery_batch__pack(&b, out);
+}
+
+static long long unfinished(const char *stream)
+{
+    redisReply *r = redisCommand(rc, "XPENDING %s bb-workers", stream);
+    assert_non_null(r);
+    if (r->type == REDIS_REPLY_ERROR) {
+        freeReplyObject(r);
+        return 1;
+    }
+    long long pending =
+        r->type == REDIS_REPLY_ARRAY && r->elements > 0 ? r->element[0]->integer : 0;
+    freeReplyObject(r);
+    r = cmd("XINFO GROUPS %s", stream);
+    long long lag = -1;
+    for (size_t g = 0; r->type == REDIS_REPLY_ARRAY && g < r->elements; g++) {
+        redisReply *gr = r->element[g];
+        for (size_t k = 0; k + 1 < gr->elements; k += 2) {
+            if (strcmp(gr->element[k]->str, "lag") == 0 &&
+                gr->element[k + 1]->type == REDIS_REPLY_INTEGER) {
+                lag = gr->element[k + 1]->integer;
+            }
+        }
+    }
+    freeReplyObject(r);
+    return lag < 0 ? 1 + pending : lag + pending;
+}
+
+static pid_t spawn_worker(const char *conf)
+{
+    char cpath[512], logpath[512];
+    assert_non_null(bb_harness_write_file(cpath, sizeof(cpath), "worker.conf", conf));
+    bb_harness_path(logpath, sizeof(logpath), "worker.log");
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        FILE *f = freopen(logpath, "a", stderr);
+        (void)f;
+        execl(BB_WORKER_PATH, BB_WORKER_PATH, "-c", cpath, (char *)NULL);
+        _exit(127);
+    }
+    worker_pid = pid;
+    return pid;
+}
+
+static int stop_child(pid_t *pid, int sig)
+{
+    int st = 0;
+    if (*pid <= 0) {
+        return -1;
+    }
+    kill(*pid, sig);
+    for (int i = 0; i < 200; i++) {
+        if (waitpid(*pid, &st, WNOHANG) == *pid) {
+            *pid = 0;
+            return st;
+        }
+        sleep_ms(50);
+    }
+    kill(*pid, SIGKILL);
+    waitpid(*pid, &st, 0);
+    *pid = 0;
+    return -1;
+}
+
+static int start_server(const char *log)
+{
+    char portfile[512];
+    bb_harness_path(portfile, sizeof(portfile), "webhook.port");
+    unlink(portfile);
+    unlink(log);
+    server_pid = fork();
+    assert_true(server_pid >= 0);
+    if (server_pid == 0) {
+        execlp("python3", "python3", BB_WEBHOOK_SERVER, portfile, log, (char *)NULL);
+        _exit(127);
+    }
+    int port = 0;
+    for (int t = 0; t < 10000 && !port; t += 50) {
+        FILE *f = fopen(portfile, "r");
+        if (f) {
+            if (fscanf(f, "%d", &port) != 1) {
+                port = 0;
+            }
+            fclose(f);
+        }
+        if (!port) {
+            sleep_ms(50);
+        }
+    }
+    assert_true(port > 0);
+    return port;
+}
+
+static const char *jstr(json_object *o, const char *k)
+{
+    json_object *v;
+    assert_true(json_object_object_get_ex(o, k, &v));
+    return json_object_get_string(v);
+}
+
+static void check_notification(json_object *o)
+{
+    assert_string_equal(jstr(o, "kind"), "report");
+    assert_string_equal(jstr(o, "report_id"), "n1");
+    assert_string_equal(jstr(o, "text"), TEXT);
+    assert_string_equal(jstr(o, "title"), "Inbraak");
+    assert_string_equal(jstr(o, "category_name"), "burglary");
+    assert_string_equal(jstr(o, "urgency"), "in_progress");
+    assert_string_equal(jstr(o, "author"), "Jan");
+    assert_string_equal(jstr(o, "cell"), "u1hbcq7");
+    json_object *v;
+    assert_true(json_object_object_get_ex(o, "time_ms", &v));
+    assert_int_equal(json_object_get_int64(v), 1732800000000LL);
+    assert_true(json_object_object_get_ex(o, "lat", &v));
+    assert_true(json_object_get_double(v) > 51.68 && json_object_get_double(v) < 51.70);
+    assert_true(json_object_object_get_ex(o, "media", &v));
+    assert_int_equal(json_object_array_length(v), 1);
+    assert_string_equal(json_object_get_string(json_object_array_get_idx(v, 0)),
+                        "https://media.example.org/a.jpg");
+}
+
+/* ---- fixtures ---------------------------------------------------------------------------- */
+
+static int setup(void **state)
+{
+    srv = bb_harness_redis_start();
+    if (!srv) {
+        return -1;
+    }
+    rc = bb_harness_redis_connect(srv);
+    return rc ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    stop_child(&worker_pid, SIGKILL);
+    stop_child(&server_pid, SIGTERM);
+    if (rc) {
+        redisFree(rc);
+    }
+    return 0;
+}
+
+/* ---- the case ---------------------------------------------------------------------------- */
+
+static void inbox_and_webhook(void **state)
+{
+    freeReplyObject(cmd("FLUSHALL"));
+    for (uint64_t u = 1; u <= 4; u++) {
+        Bb__User user = BB__USER__INIT;
+        user.id = u;
+        user.screen_name = "buur";
+        user.locale = "nl";
+        uint8_t buf[256];
+        size_t len = bb__user__pack(&user, buf);
+        freeReplyObject(cmd("HSET bb:user:%" PRIu64 " u %b", u, buf, len));
+    }
+    /* The live feed, followed before anything is sent. */
+    redisContext *sub = bb_harness_redis_connect(srv);
+    assert_non_null(sub);
+    redisReply *r = redisCommand(sub, "PSUBSCRIBE bb:inbox-live:*");
+    assert_non_null(r);
+    freeReplyObject(r);
+
+    char log[512], secret[512], conf[2048];
+    bb_harness_path(log, sizeof(log), "webhook.jsonl");
+    assert_non_null(bb_harness_write_file(secret, sizeof(secret), "webhook.secret", SECRET "\n"));
+    int port = start_server(log);
+
+    static uint8_t buf[8192];
+    size_t n = make_batch(buf, sizeof(buf), "n1", BB__CHANNEL__CHANNEL_INBOX, 3);
+    freeReplyObject(cmd("XADD bb:out:inbox * p %b", buf, n));
+    n = make_batch(buf, sizeof(buf), "n1", BB__CHANNEL__CHANNEL_PUSH, 4);
+    freeReplyObject(cmd("XADD bb:out:webhook * p %b", buf, n));
+
+    snprintf(conf, sizeof(conf),
+             "redis %s\nname w-iw\nplugin_dir \"%s\"\nblock 100ms\nretry_min 10ms\n"
+             "retry_max 2s\nchannels inbox,webhook\nchannel.inbox.plugin inbox\n"
+             "channel.inbox.max_items 50\nchannel.webhook.plugin webhook\n"
+             "channel.webhook.url http://127.0.0.1:%d/hook\n"
+             "channel.webhook.secret_file \"%s\"\n",
+             srv->addr, BB_PLUGIN_DIR, port, secret);
+    int64_t t0 = bb_mono_ms();
+    pid_t pid = spawn_worker(conf);
+    bool done = false;
+    for (int t = 0; t < 20000 && !done; t += 50) {
+        done = unfinished("bb:out:inbox") == 0 && unfinished("bb:out:webhook") == 0;
+        if (!done) {
+            sleep_ms(50);
+        }
+    }
+    int64_t took = bb_mono_ms() - t0;
+    int st = stop_child(&pid, SIGTERM);
+    worker_pid = 0;
+    stop_child(&server_pid, SIGTERM);
+    assert_true(done);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_true(took >= 900); /* Retry-After: 1 was honoured */
+
+    /* Inbox: one entry per user, id then p, the notification JSON. */
+    for (uint64_t u = 1; u <= 3; u++) {
+        r = cmd("XRANGE bb:inbox:%" PRIu64 " - +", u);
+        assert_int_equal(r->elements, 1);
+        redisReply *f = r->element[0]->element[1];
+        assert_int_equal(f->elements, 4);
+        assert_string_equal(f->element[0]->str, "id");
+        char id[64];
+        snprintf(id, sizeof(id), "r:n1:3:%" PRIu64, u);
+        assert_string_equal(f->element[1]->str, id);
+        assert_string_equal(f->element[2]->str, "p");
+        json_object *o = json_tokener_parse(f->element[3]->str);
+        assert_non_null(o);
+        check_notification(o);
+        json_object_put(o);
+        freeReplyObject(r);
+    }
+
+    /* The live feed: three messages, one per user, the same JSON. */
+    struct timeval tv = {5, 0};
+    redisSetTimeout(sub, tv);
+    unsigned seen = 0;
+    for (int i = 0; i < 3; i++) {
+        void *vr = NULL;
+        assert_int_equal(redisGetReply(sub, &vr), REDIS_OK);
+        r = vr;
+        assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+        assert_int_equal(r->elements, 4);
+        assert_string_equal(r->element[0]->str, "pmessage");
+        unsigned u = 0;
+        assert_int_equal(sscanf(r->element[2]->str, "bb:inbox-live:%u", &u), 1);
+        assert_true(u >= 1 && u <= 3);
+        seen |= 1u << u;
+        json_object *o = json_tokener_parse(r->element[3]->str);
+        assert_non_null(o);
+        check_notification(o);
+        json_object_put(o);
+        freeReplyObject(r);
+    }
+    assert_int_equal(seen, 0xe);
+    redisFree(sub);
+
+    /* Webhook: 1 and 4 once, 2 once (410), 3 twice (503 then 200). */
+    FILE *f = fopen(log, "r");
+    assert_non_null(f);
+    char line[16384];
+    unsigned ok[5] = {0}, gone = 0, unavailable = 0;
+    while (fgets(line, sizeof(line), f)) {
+        json_object *o = json_tokener_parse(line), *h, *v;
+        assert_non_null(o);
+        assert_true(json_object_object_get_ex(o, "headers", &h));
+        assert_true(json_object_object_get_ex(o, "status", &v));
+        int status = json_object_get_int(v);
+        assert_string_equal(jstr(o, "path"), "/hook");
+        const char *body = jstr(o, "body");
+        const char *delivery = jstr(h, "x-buurtbus-delivery");
+        assert_string_equal(jstr(h, "idempotency-key"), delivery);
+        assert_string_equal(jstr(h, "content-type"), "application/json");
+        /* The signature verifies with the shared secret. */
+        unsigned char mac[EVP_MAX_MD_SIZE];
+        unsigned maclen = 0;
+        assert_non_null(HMAC(EVP_sha256(), SECRET, (int)strlen(SECRET), (const unsigned char *)body,
+                             strlen(body), mac, &maclen));
+        char want[80] = "sha256=";
+        for (unsigned i = 0; i < maclen; i++) {
+            snprintf(want + 7 + 2 * i, 3, "%02x", mac[i]);
+        }
+        assert_string_equal(jstr(h, "x-buurtbus-signature"), want);
+        json_object *b = json_tokener_parse(body);
+        assert_non_null(b);
+        check_notification(b);
+        assert_string_equal(jstr(b, "delivery_id"), delivery);
+        assert_string_equal(jstr(b, "recipient_kind"), "user");
+        json_object_put(b);
+        unsigned u = 0;
+        assert_int_equal(sscanf(delivery, "r:n1:1:%u", &u), 1);
+        assert_true(u >= 1 && u <= 4);
+        ok[u] += status == 200;
+        gone += status == 410 && u == 2;
+        unavailable += status == 503 && u == 3;
+        json_object_put(o);
+    }
+    fclose(f);
+    assert_int_equal(ok[1], 1);
+    assert_int_equal(ok[2], 0);
+    assert_int_equal(ok[3], 1);
+    assert_int_equal(ok[4], 1);
+    assert_int_equal(gone, 1);
+    assert_int_equal(unavailable, 1);
+
+    /* Receipts: 3 inbox + 3 webhook ok, one retry http_503, one permanent http_410. */
+    r = cmd("XRANGE bb:receipts - +");
+    int nok = 0, retry = 0, perm = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *fr = r->element[i]->element[1];
+        Bb__Receipt *rec =
+            bb__receipt__unpack(NULL, fr->element[1]->len, (const uint8_t *)fr->element[1]->str);
+        assert_non_null(rec);
+        nok += rec->outcome == BB__OUTCOME__OUTCOME_OK;
+        retry += rec->outcome == BB__OUTCOME__OUTCOME_RETRY &&
+                 strcmp(rec->delivery_id, "r:n1:1:3") == 0 && strcmp(rec->reason, "http_503") == 0;
+        perm += rec->outcome == BB__OUTCOME__OUTCOME_PERMANENT &&
+                strcmp(rec->delivery_id, "r:n1:1:2") == 0 && strcmp(rec->reason, "http_410") == 0;
+        bb__receipt__free_unpacked(rec, NULL);
+    }
+    freeReplyObject(r);
+    assert_int_equal(nok, 6);
+    assert_int_equal(retry, 1);
+    assert_int_equal(perm, 1);
+
+    /* The gone address is a dead letter. */
+    r = cmd("XRANGE bb:dead - +");
+    assert_int_equal(r->elements, 1);
+    redisReply *fr = r->element[0]->element[1];
+    assert_string_equal(fr->element[0]->str, "reason");
+    assert_string_equal(fr->element[1]->str, "http_410");
+    freeReplyObject(r);
+    /* GONE, not just PERMANENT: the host logs the address as gone. */
+    char logpath[512];
+    bb_harness_path(logpath, sizeof(logpath), "worker.log");
+    f = fopen(logpath, "r");
+    assert_non_null(f);
+    bool gone_logged = false;
+    while (fgets(line, sizeof(line), f)) {
+        gone_logged = gone_logged || (strstr(line, "address gone") && strstr(line, "r:n1:1:2"));
+    }
+    fclose(f);
+    assert_true(gone_logged);
+}
+
+/* format() output and option checks through --check-config. */
+static void config_checks(void **state)
+{
+    char secret[512];
+    assert_non_null(bb_harness_write_file(secret, sizeof(secret), "check.secret", SECRET "\n"));
+    char ok_webhook[1024], no_secret[1024];
+    snprintf(ok_webhook, sizeof(ok_webhook),
+             "channels inbox,webhook\nchannel.inbox.plugin inbox\nchannel.webhook.plugin webhook\n"
+             "channel.webhook.url http://127.0.0.1:1/\nchannel.webhook.secret_file \"%s\"\n",
+             secret);
+    snprintf(no_secret, sizeof(no_secret),
+             "channels webhook\nchannel.webhook.plugin webhook\n"
+             "channel.webhook.url http://127.0.0.1:1/\n");
+    const struct {
+        const char *extra;
+        int status;
+        const char *says;
+    } cases[] = {
+        {ok_webhook, 0, "configuration ok"},
+        {no_secret, 1, "channel.webhook.secret_file: required"},
+        {"channels inbox\nchannel.inbox.plugin inbox\nchannel.inbox.max_items 0\n", 1,
+         "max_items: must be at least 1"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char conf[2048], cpath[512];
+        snprintf(conf, sizeof(conf), "redis 127.0.0.1:1\nplugin_dir \"%s\"\n%s", BB_PLUGIN_DIR,
+                 cases[i].extra);
+        assert_non_null(bb_harness_write_file(cpath, sizeof(cpath), "check.conf", conf));
+        const char *argv[] = {BB_WORKER_PATH, "-c", cpath, "--check-config", NULL};
+        struct bb_run_result res;
+        assert_int_equal(bb_harness_run(argv, NULL, 30, &res), 0);
+        if (res.status != cases[i].status ||
+            (!strstr(res.out, cases[i].says) && !strstr(res.err, cases[i].says))) {
+            print_error("case %zu: status %d\nout: %s\nerr: %s\n", i, res.status, res.out, res.err);
+        }
+        assert_int_equal(res.status, cases[i].status);
+        assert_true(strstr(res.out, cases[i].says) || strstr(res.err, cases[i].says));
+        bb_run_result_free(&res);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(inbox_and_webhook),
+        cmocka_unit_test(config_checks),
+    };
+    int failures = cmocka_run_group_tests(tests, setup, teardown);
+    bb_harness_finish(failures != 0);
+    return failures;
+}
