@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <event2/thread.h>
-#include <getopt.h>
 #include <hiredis/hiredis.h>
 #include <signal.h>
 #include <stdio.h>
@@ -111,75 +110,44 @@ static int load_directory(const struct bb_broker_config *cfg, struct bb_dir *dir
 
 int main(int argc, char **argv)
 {
-    static const struct option longopts[] = {{"config", required_argument, NULL, 'c'},
-                                             {"set", required_argument, NULL, 's'},
-                                             {"check-config", no_argument, NULL, 'k'},
-                                             {"dump-config", no_argument, NULL, 'd'},
-                                             {"version", no_argument, NULL, 'v'},
-                                             {"help", no_argument, NULL, 'h'},
-                                             {NULL, 0, NULL, 0}};
     struct bb_broker_config cfg;
+    struct bb_cmdline cl;
     char err[512];
-    const char *path = NULL;
-    bool check_only = false, dump = false;
     int status = 1;
 
     bb_log_init("broker", BB_LOG_INFO);
-    if (bb_config_defaults(bb_broker_opts, bb_broker_nopts, &cfg, err, sizeof(err)) != BB_OK) {
-        fprintf(stderr, "buurtbus-broker: %s\n", err);
-        return 1;
-    }
-    /* Two passes: the file first, then --set overrides on top of it. */
-    int opt;
-    while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
-        switch (opt) {
-        case 'c':
-            path = optarg;
-            break;
-        case 's':
-            break;
-        case 'k':
-            check_only = true;
-            break;
-        case 'd':
-            dump = true;
-            break;
-        case 'v':
-            printf("buurtbus-broker 0.1.0\n");
-            return 0;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (optind < argc) {
+    if (bb_cmdline_parse(argc, argv, &cl) != BB_OK) {
+        bb_cmdline_free(&cl);
         usage(stderr);
         return 2;
     }
-    if (path && bb_config_load_file(bb_broker_opts, bb_broker_nopts, &cfg, path, err,
-                                    sizeof(err)) != BB_OK) {
+    if (cl.help || cl.version) {
+        if (cl.help) {
+            usage(stdout);
+        } else {
+            printf("buurtbus-broker 0.1.0\n");
+        }
+        bb_cmdline_free(&cl);
+        return 0;
+    }
+    if (bb_config_defaults(bb_broker_opts, bb_broker_nopts, &cfg, err, sizeof(err)) != BB_OK) {
+        fprintf(stderr, "buurtbus-broker: %s\n", err);
+        bb_cmdline_free(&cl);
+        return 1;
+    }
+    /* The file first, then --set overrides on top of it. */
+    bool check_only = cl.check_only, dump = cl.dump;
+    int rc = cl.config ? bb_config_load_file(bb_broker_opts, bb_broker_nopts, &cfg, cl.config, err,
+                                             sizeof(err))
+                       : BB_OK;
+    if (rc == BB_OK) {
+        rc = bb_config_apply_sets(bb_broker_opts, bb_broker_nopts, &cfg, cl.sets, cl.nsets, err,
+                                  sizeof(err));
+    }
+    bb_cmdline_free(&cl);
+    if (rc != BB_OK) {
         fprintf(stderr, "buurtbus-broker: %s\n", err);
         goto out_config;
-    }
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
-        if (opt != 's') {
-            continue;
-        }
-        char *eq = strchr(optarg, '=');
-        if (!eq) {
-            fprintf(stderr, "buurtbus-broker: --set expects NAME=VALUE, got '%s'\n", optarg);
-            goto out_config;
-        }
-        *eq = '\0';
-        if (bb_config_set(bb_broker_opts, bb_broker_nopts, &cfg, optarg, eq + 1, err,
-                          sizeof(err)) != BB_OK) {
-            fprintf(stderr, "buurtbus-broker: --set %s: %s\n", optarg, err);
-            goto out_config;
-        }
     }
     if (check(&cfg, err, sizeof(err)) != BB_OK) {
         fprintf(stderr, "buurtbus-broker: %s\n", err);

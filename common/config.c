@@ -25,6 +25,8 @@
 
 #include "config.h"
 
+#include <getopt.h>
+
 #include "bb_err.h"
 
 #include <errno.h>
@@ -873,4 +875,74 @@ void bb_config_free(const struct bb_opt *opts, size_t n, void *target)
             *s = NULL;
         }
     }
+}
+
+int bb_cmdline_parse(int argc, char **argv, struct bb_cmdline *cl)
+{
+    static const struct option longopts[] = {{"config", required_argument, NULL, 'c'},
+                                             {"set", required_argument, NULL, 's'},
+                                             {"check-config", no_argument, NULL, 'k'},
+                                             {"dump-config", no_argument, NULL, 'd'},
+                                             {"version", no_argument, NULL, 'v'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+    memset(cl, 0, sizeof(*cl));
+    cl->sets = calloc((size_t)argc + 1, sizeof(*cl->sets));
+    if (!cl->sets) {
+        return BB_ENOMEM;
+    }
+    int opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            cl->config = optarg;
+            break;
+        case 's':
+            cl->sets[cl->nsets++] = optarg;
+            break;
+        case 'k':
+            cl->check_only = true;
+            break;
+        case 'd':
+            cl->dump = true;
+            break;
+        case 'v':
+            cl->version = true;
+            break;
+        case 'h':
+            cl->help = true;
+            break;
+        default:
+            return BB_EINVAL;
+        }
+    }
+    return optind == argc ? BB_OK : BB_EINVAL;
+}
+
+void bb_cmdline_free(struct bb_cmdline *cl)
+{
+    free(cl->sets);
+    cl->sets = NULL;
+}
+
+int bb_config_apply_sets(const struct bb_opt *opts, size_t n, void *target, const char *const *sets,
+                         size_t nsets, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < nsets; i++) {
+        const char *eq = strchr(sets[i], '=');
+        char name[128];
+        if (!eq || (size_t)(eq - sets[i]) >= sizeof(name)) {
+            snprintf(err, errlen, "--set expects NAME=VALUE, got '%s'", sets[i]);
+            return BB_ECONFIG;
+        }
+        memcpy(name, sets[i], (size_t)(eq - sets[i]));
+        name[eq - sets[i]] = '\0';
+        char why[384];
+        if (bb_config_set(opts, n, target, name, eq + 1, why, sizeof(why)) != BB_OK) {
+            snprintf(err, errlen, "--set %s: %s", name, why);
+            return BB_ECONFIG;
+        }
+    }
+    return BB_OK;
 }

@@ -15,6 +15,7 @@
 #ifndef BB_CONFIG_H
 #define BB_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -51,6 +52,24 @@ int bb_config_set(const struct bb_opt *opts, size_t n, void *target, const char 
 void bb_config_dump(const struct bb_opt *opts, size_t n, const void *target, FILE *out);
 /* Frees the strings the parser allocated in target. */
 void bb_config_free(const struct bb_opt *opts, size_t n, void *target);
+
+/* The command line every buurtbus daemon takes: -c/--config FILE,
+ * --set NAME=VALUE (repeatable, applied after the file), --check-config,
+ * --dump-config, --version, -h/--help. Strings are borrowed from argv. */
+struct bb_cmdline {
+    const char *config;
+    const char **sets;
+    size_t nsets;
+    bool check_only, dump, version, help;
+};
+
+/* Returns 0, or BB_EINVAL for an unknown option or a stray argument (getopt
+ * has printed why). Free with bb_cmdline_free. */
+int bb_cmdline_parse(int argc, char **argv, struct bb_cmdline *cl);
+void bb_cmdline_free(struct bb_cmdline *cl);
+/* Applies NAME=VALUE strings to a table's target with bb_config_set. */
+int bb_config_apply_sets(const struct bb_opt *opts, size_t n, void *target, const char *const *sets,
+                         size_t nsets, char *err, size_t errlen);
 
 /* Parsing helpers, also used for command-line flags. Return 0 or BB_EINVAL. */
 int bb_parse_duration_ms(const char *s, int64_t *out);

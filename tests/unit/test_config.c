@@ -633,6 +633,42 @@ static void test_bad_tables(void **state)
     assert_string_equal(errbuf, "option 'port' is defined twice");
 }
 
+/* The daemons' shared command line: options collected, --set applied after
+ * the file, errors for malformed overrides and stray arguments. */
+static void test_cmdline(void **state)
+{
+    char *argv[] = {"prog", "-c", "a.conf", "--set", "port=9000", "--check-config",
+                    "--set", "redis_timeout=2s", NULL};
+    struct bb_cmdline cl;
+    assert_int_equal(bb_cmdline_parse(8, argv, &cl), BB_OK);
+    assert_string_equal(cl.config, "a.conf");
+    assert_true(cl.check_only);
+    assert_false(cl.dump);
+    assert_int_equal(cl.nsets, 2);
+    struct cfg c;
+    cfg_defaults(&c);
+    assert_int_equal(bb_config_apply_sets(opts, NOPTS, &c, cl.sets, cl.nsets, errbuf,
+                                          sizeof(errbuf)),
+                     BB_OK);
+    assert_int_equal(c.port, 9000);
+    assert_int_equal(c.redis_timeout, 2000);
+    bb_cmdline_free(&cl);
+
+    const char *bad[] = {"port"};
+    assert_int_equal(bb_config_apply_sets(opts, NOPTS, &c, bad, 1, errbuf, sizeof(errbuf)),
+                     BB_ECONFIG);
+    assert_string_equal(errbuf, "--set expects NAME=VALUE, got 'port'");
+    const char *unknown[] = {"nope=1"};
+    assert_int_equal(bb_config_apply_sets(opts, NOPTS, &c, unknown, 1, errbuf, sizeof(errbuf)),
+                     BB_ECONFIG);
+    assert_non_null(strstr(errbuf, "unknown option 'nope'"));
+    bb_config_free(opts, NOPTS, &c);
+
+    char *stray[] = {"prog", "extra", NULL};
+    assert_int_equal(bb_cmdline_parse(2, stray, &cl), BB_EINVAL);
+    bb_cmdline_free(&cl);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -651,6 +687,7 @@ int main(void)
         cmocka_unit_test(test_dump_roundtrips),
         cmocka_unit_test(test_set),
         cmocka_unit_test(test_bad_tables),
+        cmocka_unit_test(test_cmdline),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -10,7 +10,6 @@
  *
  * Threads: main thread only. */
 #include <event2/event.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +18,7 @@
 
 #include "bb_conn.h"
 #include "bb_err.h"
+#include "config.h"
 #include "host.h"
 #include "log.h"
 
@@ -198,62 +198,30 @@ static void worker_free(struct worker *w)
 
 int main(int argc, char **argv)
 {
-    static const struct option longopts[] = {{"config", required_argument, NULL, 'c'},
-                                             {"set", required_argument, NULL, 's'},
-                                             {"check-config", no_argument, NULL, 'k'},
-                                             {"dump-config", no_argument, NULL, 'd'},
-                                             {"version", no_argument, NULL, 'v'},
-                                             {"help", no_argument, NULL, 'h'},
-                                             {NULL, 0, NULL, 0}};
     struct worker w;
-    const char *path = NULL;
-    const char **sets = calloc((size_t)argc + 1, sizeof(*sets));
-    size_t nsets = 0;
-    bool check_only = false, dump = false;
+    struct bb_cmdline cl;
     char err[512];
     int status = 1;
 
     memset(&w, 0, sizeof(w));
     bb_log_init("worker", BB_LOG_INFO);
-    if (!sets) {
-        return 1;
-    }
-    int opt;
-    while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
-        switch (opt) {
-        case 'c':
-            path = optarg;
-            break;
-        case 's':
-            sets[nsets++] = optarg;
-            break;
-        case 'k':
-            check_only = true;
-            break;
-        case 'd':
-            dump = true;
-            break;
-        case 'v':
-            printf("buurtbus-worker %s (plug-in ABI %d)\n", BB_VERSION, BB_CHANNEL_ABI_VERSION);
-            free(sets);
-            return 0;
-        case 'h':
-            usage(stdout);
-            free(sets);
-            return 0;
-        default:
-            usage(stderr);
-            free(sets);
-            return 2;
-        }
-    }
-    if (optind != argc) {
+    if (bb_cmdline_parse(argc, argv, &cl) != BB_OK) {
+        bb_cmdline_free(&cl);
         usage(stderr);
-        free(sets);
         return 2;
     }
-    int rc = bb_worker_config_load(&w.cfg, path, sets, nsets, err, sizeof(err));
-    free(sets);
+    if (cl.help || cl.version) {
+        if (cl.help) {
+            usage(stdout);
+        } else {
+            printf("buurtbus-worker %s (plug-in ABI %d)\n", BB_VERSION, BB_CHANNEL_ABI_VERSION);
+        }
+        bb_cmdline_free(&cl);
+        return 0;
+    }
+    bool check_only = cl.check_only, dump = cl.dump;
+    int rc = bb_worker_config_load(&w.cfg, cl.config, cl.sets, cl.nsets, err, sizeof(err));
+    bb_cmdline_free(&cl);
     if (rc == BB_OK) {
         rc = check(&w.cfg, err, sizeof(err));
     }
