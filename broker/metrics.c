@@ -3,11 +3,11 @@
  * Prometheus text format, plus /healthz (the process runs) and /readyz
  * (Redis reachable, script loaded: it can do work). */
 #include <event2/buffer.h>
-#include <event2/http.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "bb_httpd.h"
 #include "internal.h"
 #include "log.h"
 
@@ -19,7 +19,7 @@ static const int64_t lat_le_us[BB_LAT_BUCKETS] = {
     50000,    100000,   200000,   500000,    1000000,   2000000,   5000000,   10000000,
     20000000, 30000000, 60000000, 120000000, 300000000, 600000000, 900000000, INT64_MAX};
 
-static struct evhttp *http;
+static struct bb_httpd *httpd;
 
 void bb_metrics_latency(int64_t us)
 {
@@ -38,57 +38,52 @@ void bb_metrics_latency(int64_t us)
 
 #define LOAD(x) ((unsigned long long)atomic_load_explicit(&bb_metrics.x, memory_order_relaxed))
 
-static void counter(struct evbuffer *b, const char *name, const char *help, unsigned long long v)
+static void render(struct evbuffer *b, void *arg)
 {
-    evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, v);
-}
-
-static void gauge(struct evbuffer *b, const char *name, const char *help, long long v)
-{
-    evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
-}
-
-static void on_metrics(struct evhttp_request *req, void *arg)
-{
-    struct evbuffer *b = evbuffer_new();
-    if (!b) {
-        evhttp_send_error(req, 500, NULL);
-        return;
-    }
-    counter(b, "bb_reports_in_total", "Report entries read (incl. claimed)", LOAD(reports_in));
-    counter(b, "bb_status_in_total", "Status entries read", LOAD(status_in));
-    counter(b, "bb_routed_total", "Entries routed and committed", LOAD(reports_routed));
-    counter(b, "bb_dead_letters_total", "Entries sent to bb:dead", LOAD(dead_letters));
-    counter(b, "bb_commit_retries_total", "Commits retried", LOAD(commit_retries));
-    counter(b, "bb_commits_skipped_total", "Commits skipped: entry acked or owned elsewhere",
-            LOAD(commits_skipped));
-    counter(b, "bb_deliveries_total", "Deliveries written to output streams", LOAD(deliveries));
+    bb_prom_counter(b, "bb_reports_in_total", "Report entries read (incl. claimed)",
+                    LOAD(reports_in));
+    bb_prom_counter(b, "bb_status_in_total", "Status entries read", LOAD(status_in));
+    bb_prom_counter(b, "bb_routed_total", "Entries routed and committed", LOAD(reports_routed));
+    bb_prom_counter(b, "bb_dead_letters_total", "Entries sent to bb:dead", LOAD(dead_letters));
+    bb_prom_counter(b, "bb_commit_retries_total", "Commits retried", LOAD(commit_retries));
+    bb_prom_counter(b, "bb_commits_skipped_total",
+                    "Commits skipped: entry acked or owned elsewhere", LOAD(commits_skipped));
+    bb_prom_counter(b, "bb_deliveries_total", "Deliveries written to output streams",
+                    LOAD(deliveries));
     evbuffer_add_printf(b, "# HELP bb_channel_deliveries_total Deliveries by channel\n"
                            "# TYPE bb_channel_deliveries_total counter\n");
     for (unsigned ch = 0; ch < BB_CHANNELS; ch++) {
         evbuffer_add_printf(b, "bb_channel_deliveries_total{channel=\"%s\"} %llu\n",
                             bb_channel_name(ch), LOAD(deliveries_by_channel[ch]));
     }
-    counter(b, "bb_batches_total", "Output stream entries written", LOAD(batches));
-    counter(b, "bb_recipients_total", "Distinct recipients notified", LOAD(recipients));
-    counter(b, "bb_decisions_total", "Recipient candidates considered", LOAD(decisions));
-    counter(b, "bb_route_seconds_total", "Router thread time", 0);
-    evbuffer_add_printf(b, "bb_route_seconds_total %.6f\n", LOAD(route_ns) / 1e9);
-    counter(b, "bb_output_bytes_total", "Bytes of output entries", LOAD(bytes_out));
-    counter(b, "bb_notification_raw_bytes_total", "Notification bytes before zstd",
-            LOAD(raw_bytes));
-    counter(b, "bb_notification_zstd_bytes_total", "Notification bytes after zstd",
-            LOAD(zstd_bytes));
-    counter(b, "bb_directory_events_total", "Directory events applied", LOAD(directory_events));
-    counter(b, "bb_directory_errors_total", "Directory events rejected", LOAD(directory_errors));
-    counter(b, "bb_redis_reconnects_total", "Redis connections lost",
-            (unsigned long long)atomic_load(&bb_conn_reconnects));
-    counter(b, "bb_claimed_total", "Entries claimed from idle consumers", LOAD(claimed));
-    gauge(b, "bb_inflight", "Entries read and not yet committed", (long long)LOAD(inflight));
-    gauge(b, "bb_output_backlog_max", "Longest output stream", (long long)LOAD(backlog_max));
-    gauge(b, "bb_paused", "1 while input is paused by backpressure", (long long)LOAD(paused));
-    gauge(b, "bb_directory_users", "Users in the routing index", (long long)LOAD(users));
-    gauge(b, "bb_directory_groups", "Groups in the routing index", (long long)LOAD(groups));
+    bb_prom_counter(b, "bb_batches_total", "Output stream entries written", LOAD(batches));
+    bb_prom_counter(b, "bb_recipients_total", "Distinct recipients notified", LOAD(recipients));
+    bb_prom_counter(b, "bb_decisions_total", "Recipient candidates considered", LOAD(decisions));
+    evbuffer_add_printf(b,
+                        "# HELP bb_route_seconds_total Router thread time\n"
+                        "# TYPE bb_route_seconds_total counter\n"
+                        "bb_route_seconds_total %.6f\n",
+                        LOAD(route_ns) / 1e9);
+    bb_prom_counter(b, "bb_output_bytes_total", "Bytes of output entries", LOAD(bytes_out));
+    bb_prom_counter(b, "bb_notification_raw_bytes_total", "Notification bytes before zstd",
+                    LOAD(raw_bytes));
+    bb_prom_counter(b, "bb_notification_zstd_bytes_total", "Notification bytes after zstd",
+                    LOAD(zstd_bytes));
+    bb_prom_counter(b, "bb_directory_events_total", "Directory events applied",
+                    LOAD(directory_events));
+    bb_prom_counter(b, "bb_directory_errors_total", "Directory events rejected",
+                    LOAD(directory_errors));
+    bb_prom_counter(b, "bb_redis_reconnects_total", "Redis connections lost",
+                    (unsigned long long)atomic_load(&bb_conn_reconnects));
+    bb_prom_counter(b, "bb_claimed_total", "Entries claimed from idle consumers", LOAD(claimed));
+    bb_prom_gauge(b, "bb_inflight", "Entries read and not yet committed",
+                  (long long)LOAD(inflight));
+    bb_prom_gauge(b, "bb_output_backlog_max", "Longest output stream",
+                  (long long)LOAD(backlog_max));
+    bb_prom_gauge(b, "bb_paused", "1 while input is paused by backpressure",
+                  (long long)LOAD(paused));
+    bb_prom_gauge(b, "bb_directory_users", "Users in the routing index", (long long)LOAD(users));
+    bb_prom_gauge(b, "bb_directory_groups", "Groups in the routing index", (long long)LOAD(groups));
     evbuffer_add_printf(b,
                         "# HELP bb_commit_latency_seconds From report entry to committed output\n"
                         "# TYPE bb_commit_latency_seconds histogram\n");
@@ -103,33 +98,11 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     evbuffer_add_printf(
         b, "bb_commit_latency_seconds_sum %.6f\nbb_commit_latency_seconds_count %llu\n",
         LOAD(latency_sum_us) / 1e6, LOAD(latency_count));
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-                      "text/plain; version=0.0.4");
-    evhttp_send_reply(req, 200, "OK", b);
-    evbuffer_free(b);
 }
 
-static void on_text(struct evhttp_request *req, int code, const char *text)
+static bool ready(void *arg)
 {
-    struct evbuffer *b = evbuffer_new();
-    if (!b) {
-        evhttp_send_error(req, 500, NULL);
-        return;
-    }
-    evbuffer_add_printf(b, "%s\n", text);
-    evhttp_send_reply(req, code, code == 200 ? "OK" : "Service Unavailable", b);
-    evbuffer_free(b);
-}
-
-static void on_healthz(struct evhttp_request *req, void *arg)
-{
-    on_text(req, 200, "ok");
-}
-
-static void on_readyz(struct evhttp_request *req, void *arg)
-{
-    bool ready = atomic_load(&bb_metrics.ready);
-    on_text(req, ready ? 200 : 503, ready ? "ready" : "redis not ready");
+    return atomic_load(&bb_metrics.ready);
 }
 
 int bb_metrics_listen(struct event_base *base, const char *addr)
@@ -137,31 +110,18 @@ int bb_metrics_listen(struct event_base *base, const char *addr)
     if (!addr || !*addr) {
         return 0;
     }
-    char host[128];
-    const char *colon = strrchr(addr, ':');
-    if (!colon || (size_t)(colon - addr) >= sizeof(host)) {
-        bb_error("metrics_addr must be host:port", "addr=%s", addr);
+    char err[256];
+    httpd = bb_httpd_new(base, addr, render, ready, NULL, err, sizeof(err));
+    if (!httpd) {
+        bb_error("cannot serve metrics", "why=\"%s\"", err);
         return -1;
     }
-    memcpy(host, addr, (size_t)(colon - addr));
-    host[colon - addr] = '\0';
-    http = evhttp_new(base);
-    if (!http || evhttp_bind_socket(http, host, (uint16_t)atoi(colon + 1)) != 0) {
-        bb_error("cannot listen for metrics", "addr=%s", addr);
-        return -1;
-    }
-    evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
-    evhttp_set_cb(http, "/metrics", on_metrics, NULL);
-    evhttp_set_cb(http, "/healthz", on_healthz, NULL);
-    evhttp_set_cb(http, "/readyz", on_readyz, NULL);
     bb_info("metrics listening", "addr=%s", addr);
     return 0;
 }
 
 void bb_metrics_close(void)
 {
-    if (http) {
-        evhttp_free(http);
-        http = NULL;
-    }
+    bb_httpd_free(httpd);
+    httpd = NULL;
 }

@@ -14,6 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -941,6 +944,91 @@ static void paused_broker_writes_nothing_twice(void **state)
     free(want.d);
 }
 
+/* A loopback port nobody listens on right now. */
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* GET path from 127.0.0.1:port; returns the status code, body in buf. */
+static int http_get(int port, const char *path, char *buf, size_t cap)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        if (fd >= 0) {
+            close(fd);
+        }
+        return -1;
+    }
+    char req[256];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    assert_int_equal(write(fd, req, (size_t)n), n);
+    size_t got = 0;
+    ssize_t r;
+    while (got + 1 < cap && (r = read(fd, buf + got, cap - 1 - got)) > 0) {
+        got += (size_t)r;
+    }
+    buf[got] = '\0';
+    close(fd);
+    int code = 0;
+    sscanf(buf, "HTTP/1.%*d %d", &code);
+    return code;
+}
+
+static long long metric(const char *text, const char *name)
+{
+    char pat[128];
+    snprintf(pat, sizeof(pat), "\n%s ", name);
+    const char *p = strstr(text, pat);
+    return p ? atoll(p + strlen(pat)) : -1;
+}
+
+/* The operators' endpoint counts what happened. */
+static void metrics_count_what_happened(void **state)
+{
+    populate();
+    int port = free_port();
+    char extra[128];
+    snprintf(extra, sizeof(extra), "metrics_addr 127.0.0.1:%d\n", port);
+    start_broker("broker-m", extra);
+    enum { N = 25 };
+    for (int i = 0; i < N; i++) {
+        Bb__Report r;
+        char id[40];
+        random_report(&r, id, sizeof(id), 1500 + i);
+        xadd_report(&r);
+    }
+    cmd_ok("XADD bb:reports * p %b", "garbage", (size_t)7);
+    wait_drained(20);
+    static char body[65536];
+    int code = -1;
+    for (int i = 0; i < 50 && code != 200; i++) {
+        code = http_get(port, "/readyz", body, sizeof(body));
+        usleep(20 * 1000);
+    }
+    assert_int_equal(code, 200);
+    assert_int_equal(http_get(port, "/healthz", body, sizeof(body)), 200);
+    assert_int_equal(http_get(port, "/metrics", body, sizeof(body)), 200);
+    assert_int_equal(metric(body, "bb_reports_in_total"), N + 1);
+    assert_int_equal(metric(body, "bb_routed_total"), N);
+    assert_int_equal(metric(body, "bb_dead_letters_total"), 1);
+    long long outs = cmd_int("XLEN bb:out:push") + cmd_int("XLEN bb:out:email") +
+                     cmd_int("XLEN bb:out:inbox") + cmd_int("XLEN bb:out:digest") +
+                     cmd_int("XLEN bb:out:social");
+    assert_int_equal(metric(body, "bb_batches_total"), outs);
+    assert_non_null(strstr(body, "bb_commit_latency_seconds_bucket{le=\"+Inf\"} 25"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -952,6 +1040,7 @@ int main(void)
         cmocka_unit_test_setup(backpressure_pauses_input, reset),
         cmocka_unit_test_setup(out_of_memory_commits_nothing_then_recovers, reset),
         cmocka_unit_test_setup(paused_broker_writes_nothing_twice, reset),
+        cmocka_unit_test_setup(metrics_count_what_happened, reset),
     };
     int failures = cmocka_run_group_tests(tests, setup, teardown);
     bb_harness_finish(failures != 0);
