@@ -67,4 +67,12 @@ int bb_harness_run(const char *const argv[], const char *in, int timeout_s,
                    struct bb_run_result *res);
 void bb_run_result_free(struct bb_run_result *res);
 
+/* A loopback TCP port nobody listens on right now (bind to 0, read, close),
+ * or -1. */
+int bb_harness_free_port(void);
+/* GET path from 127.0.0.1:port over HTTP/1.0; the whole response (status
+ * line, headers, body) NUL-terminated in buf. Returns the status code, or
+ * -1 if nothing answered. */
+int bb_harness_http_get(int port, const char *path, char *buf, size_t cap);
+
 #endif

@@ -14,9 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -944,47 +941,6 @@ static void paused_broker_writes_nothing_twice(void **state)
     free(want.d);
 }
 
-/* A loopback port nobody listens on right now. */
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-/* GET path from 127.0.0.1:port; returns the status code, body in buf. */
-static int http_get(int port, const char *path, char *buf, size_t cap)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
-        if (fd >= 0) {
-            close(fd);
-        }
-        return -1;
-    }
-    char req[256];
-    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-    assert_int_equal(write(fd, req, (size_t)n), n);
-    size_t got = 0;
-    ssize_t r;
-    while (got + 1 < cap && (r = read(fd, buf + got, cap - 1 - got)) > 0) {
-        got += (size_t)r;
-    }
-    buf[got] = '\0';
-    close(fd);
-    int code = 0;
-    sscanf(buf, "HTTP/1.%*d %d", &code);
-    return code;
-}
-
 static long long metric(const char *text, const char *name)
 {
     char pat[128];
@@ -997,7 +953,7 @@ static long long metric(const char *text, const char *name)
 static void metrics_count_what_happened(void **state)
 {
     populate();
-    int port = free_port();
+    int port = bb_harness_free_port();
     char extra[128];
     snprintf(extra, sizeof(extra), "metrics_addr 127.0.0.1:%d\n", port);
     start_broker("broker-m", extra);
@@ -1013,12 +969,12 @@ static void metrics_count_what_happened(void **state)
     static char body[65536];
     int code = -1;
     for (int i = 0; i < 50 && code != 200; i++) {
-        code = http_get(port, "/readyz", body, sizeof(body));
+        code = bb_harness_http_get(port, "/readyz", body, sizeof(body));
         usleep(20 * 1000);
     }
     assert_int_equal(code, 200);
-    assert_int_equal(http_get(port, "/healthz", body, sizeof(body)), 200);
-    assert_int_equal(http_get(port, "/metrics", body, sizeof(body)), 200);
+    assert_int_equal(bb_harness_http_get(port, "/healthz", body, sizeof(body)), 200);
+    assert_int_equal(bb_harness_http_get(port, "/metrics", body, sizeof(body)), 200);
     assert_int_equal(metric(body, "bb_reports_in_total"), N + 1);
     assert_int_equal(metric(body, "bb_routed_total"), N);
     assert_int_equal(metric(body, "bb_dead_letters_total"), 1);

@@ -657,6 +657,34 @@ static void config_errors_are_clear(void **state)
     }
 }
 
+/* The worker's /metrics counts receipts by outcome and dead batches. */
+static void metrics_count_outcomes(void **state)
+{
+    static uint8_t buf[8192];
+    xadd(buf, make_batch(buf, sizeof(buf), "m1", "tellen", dict_a, 1, 6));
+    static const char junk[] = "\xff\xff not a batch";
+    xadd((const uint8_t *)junk, sizeof(junk) - 1);
+    int port = bb_harness_free_port();
+    static char extra[128];
+    snprintf(extra, sizeof(extra), "metrics_addr 127.0.0.1:%d\n", port);
+    extra_conf = extra;
+    pid_t pid = start_worker("wm");
+    extra_conf = "";
+    assert_true(wait_done(20000));
+    static char body[65536];
+    int code = -1;
+    for (int i = 0; i < 100 && code != 200; i++) {
+        code = bb_harness_http_get(port, "/readyz", body, sizeof(body));
+        usleep(20 * 1000);
+    }
+    assert_int_equal(code, 200);
+    assert_int_equal(bb_harness_http_get(port, "/metrics", body, sizeof(body)), 200);
+    stop_worker(pid, SIGTERM);
+    assert_non_null(strstr(body, "bb_worker_receipts_total{channel=\"inbox\",outcome=\"ok\"} 6\n"));
+    assert_non_null(strstr(body, "bb_worker_dead_batches_total{channel=\"inbox\"} 1\n"));
+    assert_non_null(strstr(body, "bb_worker_batches_total{channel=\"inbox\"} 2\n"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -664,6 +692,7 @@ int main(void)
         cmocka_unit_test_setup(crash_and_restart_sends_nothing_twice, reset),
         cmocka_unit_test_setup(abandoned_batches_are_claimed, reset),
         cmocka_unit_test_setup(http_outcomes, reset),
+        cmocka_unit_test_setup(metrics_count_outcomes, reset),
         cmocka_unit_test(config_errors_are_clear),
     };
     int failures = cmocka_run_group_tests(tests, setup, teardown);

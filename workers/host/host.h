@@ -53,6 +53,7 @@ struct bb_worker_config {
     int64_t max_payload;
     int64_t shutdown_grace_ms;
     int64_t http_timeout_ms;
+    char *metrics_addr;
     /* Filled by bb_worker_config_load, not options of their own. */
     struct bb_chan_conf *chans;
     size_t nchans;
@@ -114,5 +115,14 @@ void bb_stream_commands_ready(struct bb_stream *s);
 void bb_stream_stop(struct bb_stream *s);
 /* Batches read and not yet acked. */
 unsigned bb_stream_inflight(const struct bb_stream *s);
+
+/* What a channel did, for /metrics (event-loop thread). */
+struct bb_stream_stats {
+    uint64_t outcome[5]; /* receipts by Outcome: 1 ok, 2 retry, 3 permanent, 4 duplicate */
+    uint64_t batches;    /* batch entries taken */
+    uint64_t dead_batches;
+};
+const struct bb_stream_stats *bb_stream_stats(const struct bb_stream *s);
+const char *bb_stream_instance(const struct bb_stream *s);
 
 #endif

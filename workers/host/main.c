@@ -9,6 +9,7 @@
  * (shutdown_grace), ack, exit. What is unfinished stays pending in Redis.
  *
  * Threads: main thread only. */
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <signal.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@
 
 #include "bb_conn.h"
 #include "bb_err.h"
+#include "bb_httpd.h"
 #include "config.h"
 #include "host.h"
 #include "log.h"
@@ -33,7 +35,58 @@ struct worker {
     struct bb_stream **streams;
     struct event *sig_term, *sig_int, *sig_hup, *drain_ev;
     int64_t drain_deadline;
+    struct bb_httpd *httpd;
 };
+
+static unsigned inflight(const struct worker *w);
+
+static const char *const outcome_names[5] = {"", "ok", "retry", "permanent", "duplicate"};
+
+static void render_metrics(struct evbuffer *b, void *arg)
+{
+    struct worker *w = arg;
+    evbuffer_add_printf(b, "# HELP bb_worker_receipts_total Delivery outcomes by channel\n"
+                           "# TYPE bb_worker_receipts_total counter\n");
+    for (size_t i = 0; i < w->n; i++) {
+        if (!w->streams[i]) {
+            continue;
+        }
+        const struct bb_stream_stats *st = bb_stream_stats(w->streams[i]);
+        for (int o = 1; o <= 4; o++) {
+            evbuffer_add_printf(b, "bb_worker_receipts_total{channel=\"%s\",outcome=\"%s\"} %llu\n",
+                                bb_stream_instance(w->streams[i]), outcome_names[o],
+                                (unsigned long long)st->outcome[o]);
+        }
+    }
+    evbuffer_add_printf(b, "# HELP bb_worker_batches_total Batch entries taken, by channel\n"
+                           "# TYPE bb_worker_batches_total counter\n");
+    for (size_t i = 0; i < w->n; i++) {
+        if (w->streams[i]) {
+            evbuffer_add_printf(b, "bb_worker_batches_total{channel=\"%s\"} %llu\n",
+                                bb_stream_instance(w->streams[i]),
+                                (unsigned long long)bb_stream_stats(w->streams[i])->batches);
+        }
+    }
+    evbuffer_add_printf(b, "# HELP bb_worker_dead_batches_total Batches sent to bb:dead\n"
+                           "# TYPE bb_worker_dead_batches_total counter\n");
+    for (size_t i = 0; i < w->n; i++) {
+        if (w->streams[i]) {
+            evbuffer_add_printf(b, "bb_worker_dead_batches_total{channel=\"%s\"} %llu\n",
+                                bb_stream_instance(w->streams[i]),
+                                (unsigned long long)bb_stream_stats(w->streams[i])->dead_batches);
+        }
+    }
+    bb_prom_gauge(b, "bb_worker_inflight", "Batch entries read and not yet acked",
+                  (int64_t)inflight(w));
+    bb_prom_counter(b, "bb_redis_reconnects_total", "Redis connections lost",
+                    atomic_load(&bb_conn_reconnects));
+}
+
+static bool is_ready(void *arg)
+{
+    struct worker *w = arg;
+    return w->commands && bb_conn_is_ready(w->commands);
+}
 
 static void usage(FILE *out)
 {
@@ -166,6 +219,8 @@ static int start_channels(struct worker *w, bool check_only)
 
 static void worker_free(struct worker *w)
 {
+    bb_httpd_free(w->httpd);
+    w->httpd = NULL;
     /* The commands connection first: its pending callbacks (with NULL
      * replies) still find their batches and plug-ins. */
     bb_conn_free(w->commands);
@@ -288,6 +343,14 @@ int main(int argc, char **argv)
     event_add(w.sig_term, NULL);
     event_add(w.sig_int, NULL);
     event_add(w.sig_hup, NULL);
+    if (w.cfg.metrics_addr[0]) {
+        w.httpd = bb_httpd_new(w.base, w.cfg.metrics_addr, render_metrics, is_ready, &w, err,
+                               sizeof(err));
+        if (!w.httpd) {
+            bb_error("cannot serve metrics", "why=\"%s\"", err);
+            goto out;
+        }
+    }
     bb_info("worker started", "name=%s group=%s channels=%zu", w.cfg.name, w.cfg.group, w.n);
     event_base_dispatch(w.base);
     bb_info("worker stopped", NULL);

@@ -74,6 +74,8 @@ static const struct bb_opt worker_opts[] = {
         "largest decompressed notification accepted"),
     OPT("shutdown_grace", BB_OPT_DURATION_MS, shutdown_grace_ms, "10s", 0, 600000,
         "on SIGTERM, how long to finish deliveries in flight"),
+    OPT("metrics_addr", BB_OPT_STRING, metrics_addr, "", 0, 0,
+        "host:port for /metrics, /healthz, /readyz; empty: off"),
     OPT("http_timeout", BB_OPT_DURATION_MS, http_timeout_ms, "10s", 100, 600000,
         "default timeout of a plug-in's HTTP request"),
 };

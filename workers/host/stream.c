@@ -75,6 +75,7 @@ struct bb_stream {
      * crash window. Capped by max_unconfirmed; the rest wait in order. */
     unsigned unconfirmed;
     struct delivery *wait_head, *wait_tail;
+    struct bb_stream_stats stats;
 };
 
 enum step { STEP_CONTACT, STEP_RECORD, STEP_SEND, STEP_UNRECORD, STEP_DONE };
@@ -239,6 +240,7 @@ static void batch_dead(struct batch *b, const char *reason, const char *detail)
 {
     bb_warn("batch to dead letters", "stream=%s entry=%s reason=%s", b->s->conf->stream, b->id,
             reason);
+    b->s->stats.dead_batches++;
     dead_letter(b, reason, detail, NULL);
     ack(b);
 }
@@ -248,6 +250,9 @@ static void batch_dead(struct batch *b, const char *reason, const char *detail)
 static void receipt(struct delivery *d, Bb__Outcome outcome, const char *reason)
 {
     struct bb_stream *s = d->b->s;
+    if (outcome >= 1 && outcome <= 4) {
+        s->stats.outcome[outcome]++;
+    }
     char why[128];
     /* A plug-in's reason is short by contract; keep the receipt bounded anyway. */
     snprintf(why, sizeof(why), "%s", reason ? reason : "");
@@ -763,6 +768,7 @@ static void take_entry(struct bb_stream *s, const redisReply *e)
         return; /* stays pending */
     }
     b->s = s;
+    s->stats.batches++;
     snprintf(b->id, sizeof(b->id), "%s", e->element[0]->str);
     b->next = s->batches;
     s->batches = b;
@@ -1078,4 +1084,14 @@ void bb_stream_free(struct bb_stream *s)
     }
     bb_zdec_free(s->zdec);
     free(s);
+}
+
+const struct bb_stream_stats *bb_stream_stats(const struct bb_stream *s)
+{
+    return &s->stats;
+}
+
+const char *bb_stream_instance(const struct bb_stream *s)
+{
+    return s->conf->instance;
 }
