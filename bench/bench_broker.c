@@ -50,6 +50,7 @@ struct opts {
     double rate;
     double duration;
     bool json;
+    bool group_only; /* --mix group: reports reach one group's members only */
     int broker_pid;
 };
 
@@ -339,6 +340,15 @@ static int cmd_run(const struct opts *o)
          * time it was due. */
         while (next <= t && sent < max) {
             pg_report(&pop, &rng, sent, next / 1000, &pr, &media, media_list);
+            if (o->group_only) {
+                /* Posted in the author's first (street or neighbourhood) group,
+                 * at a point no area or watch circle covers: the reach is that
+                 * group's members, a few hundred people. */
+                uint32_t a = (uint32_t)(rep.author_id - 1);
+                rep.group_id = pop.ugroups[pop.ufirst[a]] + 1;
+                rep.lat = 53.6;
+                rep.lon = 3.2;
+            }
             size_t len = bb__report__get_packed_size(&rep);
             bb__report__pack(&rep, buf);
             intended_us[sent] = next;
@@ -418,22 +428,22 @@ static int cmd_run(const struct opts *o)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: bench_broker load --redis ADDR --users N [--seed S]\n"
-               "       bench_broker run --redis ADDR --users N --rate R --duration S\n"
-               "                        [--broker-pid PID] [--seed S] [--json]\n");
+    fprintf(f,
+            "usage: bench_broker load --redis ADDR --users N [--seed S]\n"
+            "       bench_broker run --redis ADDR --users N --rate R --duration S\n"
+            "                        [--broker-pid PID] [--seed S] [--mix field|group] [--json]\n"
+            "  --mix group: every report posted in the author's street or neighbourhood\n"
+            "               group at a point no area covers (reach: that group)\n");
 }
 
 int main(int argc, char **argv)
 {
-    static const struct option lo[] = {{"redis", required_argument, NULL, 'r'},
-                                       {"users", required_argument, NULL, 'u'},
-                                       {"seed", required_argument, NULL, 's'},
-                                       {"rate", required_argument, NULL, 'R'},
-                                       {"duration", required_argument, NULL, 'd'},
-                                       {"json", no_argument, NULL, 'j'},
-                                       {"broker-pid", required_argument, NULL, 'p'},
-                                       {"help", no_argument, NULL, 'h'},
-                                       {NULL, 0, NULL, 0}};
+    static const struct option lo[] = {
+        {"redis", required_argument, NULL, 'r'},      {"users", required_argument, NULL, 'u'},
+        {"seed", required_argument, NULL, 's'},       {"rate", required_argument, NULL, 'R'},
+        {"duration", required_argument, NULL, 'd'},   {"json", no_argument, NULL, 'j'},
+        {"broker-pid", required_argument, NULL, 'p'}, {"help", no_argument, NULL, 'h'},
+        {"mix", required_argument, NULL, 'm'},        {NULL, 0, NULL, 0}};
     struct opts o = {
         .redis = "127.0.0.1:6379", .users = 200000, .seed = 1, .rate = 1000, .duration = 10};
     if (argc < 2) {
@@ -465,6 +475,13 @@ int main(int argc, char **argv)
             break;
         case 'p':
             o.broker_pid = atoi(optarg);
+            break;
+        case 'm':
+            if (strcmp(optarg, "group") != 0 && strcmp(optarg, "field") != 0) {
+                usage(stderr);
+                return 2;
+            }
+            o.group_only = strcmp(optarg, "group") == 0;
             break;
         case 'h':
             usage(stdout);

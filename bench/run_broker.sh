@@ -4,6 +4,7 @@
 # and bench_broker posting reports open-loop at each offered rate.
 #
 #   bench/run_broker.sh [--users N] [--rates "50 100 200"] [--duration S] [--threads T]
+#                       [--mix field|group]   (group: each report reaches one street group)
 #
 # Prints one JSON line per rate (see bench_broker for the fields).
 set -euo pipefail
@@ -12,6 +13,7 @@ users=200000
 rates="50 100 200"
 duration=20
 threads=1
+mix=field
 build="$top/build-release"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -19,8 +21,9 @@ while [ $# -gt 0 ]; do
     --rates) rates=$2; shift ;;
     --duration) duration=$2; shift ;;
     --threads) threads=$2; shift ;;
+    --mix) mix=$2; shift ;;
     --build) build=$2; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "run_broker.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -62,7 +65,7 @@ CONF
     sleep 0.1
   done
   "$build/bench/bench_broker" run --redis "127.0.0.1:$port" --users "$users" --rate "$rate" \
-    --duration "$duration" --broker-pid "$bpid" --json
+    --duration "$duration" --broker-pid "$bpid" --mix "$mix" --json
   kill "$bpid"; wait "$bpid" 2>/dev/null || true
   bpid=""
 done
