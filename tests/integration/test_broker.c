@@ -427,6 +427,27 @@ static void assert_same(struct dset *got, struct dset *want)
     }
 }
 
+/* What came out of bb:out:* equals, delivery for delivery, what the
+ * reference router makes of reps on a snapshot of the directory: none
+ * missing, none extra, none twice. Returns how many deliveries that is. */
+static size_t assert_outputs_match(const Bb__Report *reps, int n)
+{
+    struct dset got = {0}, want = {0};
+    read_outputs(&got);
+    struct bb_dir *dir = load_reference();
+    struct bb_router *router = bb_router_new(dir);
+    for (int i = 0; i < n; i++) {
+        expect(router, dir, &reps[i], &want);
+    }
+    assert_same(&got, &want);
+    size_t total = want.n;
+    bb_router_free(router);
+    bb_dir_free(dir);
+    free(got.d);
+    free(want.d);
+    return total;
+}
+
 /* ---- tests ------------------------------------------------------------------------------- */
 
 static int setup(void **state)
@@ -474,20 +495,9 @@ static void reports_match_reference(void **state)
     wait_drained(20);
     assert_true(broker_alive());
 
-    struct dset got = {0}, want = {0};
-    read_outputs(&got);
-    struct bb_dir *dir = load_reference();
-    struct bb_router *router = bb_router_new(dir);
-    for (int i = 0; i < N; i++) {
-        expect(router, dir, &reps[i], &want);
-    }
-    assert_true(want.n > 500); /* the population really reaches people */
-    assert_same(&got, &want);
+    /* The population really reaches people. */
+    assert_true(assert_outputs_match(reps, N) > 500);
     assert_int_equal(cmd_int("XLEN bb:dead"), 0);
-    bb_router_free(router);
-    bb_dir_free(dir);
-    free(got.d);
-    free(want.d);
 }
 
 struct bad_case {
@@ -722,18 +732,7 @@ static void crashed_broker_loses_nothing(void **state)
     wait_drained(30);
     assert_true(broker_alive());
 
-    struct dset got = {0}, want = {0};
-    read_outputs(&got);
-    struct bb_dir *dir = load_reference();
-    struct bb_router *router = bb_router_new(dir);
-    for (int i = 0; i < N; i++) {
-        expect(router, dir, &reps[i], &want);
-    }
-    assert_same(&got, &want); /* each delivery exactly once, none missing */
-    bb_router_free(router);
-    bb_dir_free(dir);
-    free(got.d);
-    free(want.d);
+    assert_outputs_match(reps, N); /* each delivery exactly once, none missing */
 }
 
 /* SIGTERM: in-flight work is committed, the process exits 0. */
@@ -840,18 +839,7 @@ static void out_of_memory_commits_nothing_then_recovers(void **state)
     cmd_ok("CONFIG SET maxmemory 0");
     wait_drained(30);
 
-    struct dset got = {0}, want = {0};
-    read_outputs(&got);
-    struct bb_dir *dir = load_reference();
-    struct bb_router *router = bb_router_new(dir);
-    for (int i = 0; i < N; i++) {
-        expect(router, dir, &reps[i], &want);
-    }
-    assert_same(&got, &want);
-    bb_router_free(router);
-    bb_dir_free(dir);
-    free(got.d);
-    free(want.d);
+    assert_outputs_match(reps, N);
 }
 
 static long long pending_for(const char *consumer)
@@ -927,18 +915,7 @@ static void paused_broker_writes_nothing_twice(void **state)
     waitpid(a, NULL, 0);
     broker_pid = b;
 
-    struct dset got = {0}, want = {0};
-    read_outputs(&got);
-    struct bb_dir *dir = load_reference();
-    struct bb_router *router = bb_router_new(dir);
-    for (int i = 0; i < N; i++) {
-        expect(router, dir, &reps[i], &want);
-    }
-    assert_same(&got, &want);
-    bb_router_free(router);
-    bb_dir_free(dir);
-    free(got.d);
-    free(want.d);
+    assert_outputs_match(reps, N);
 }
 
 static long long metric(const char *text, const char *name)
