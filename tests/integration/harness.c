@@ -489,3 +489,36 @@ int bb_harness_http_get(int port, const char *path, char *buf, size_t cap)
     sscanf(buf, "HTTP/1.%*d %d", &code);
     return code;
 }
+
+pid_t bb_harness_start_stand_in(const char *script, const char *portfile, const char *logfile,
+                                int *port)
+{
+    unlink(portfile);
+    pid_t pid = fork();
+    if (pid < 0) {
+        return -1;
+    }
+    if (pid == 0) {
+        execlp("python3", "python3", script, portfile, logfile, (char *)NULL);
+        _exit(127);
+    }
+    *port = 0;
+    for (int t = 0; t < 10000 && !*port; t += 50) {
+        FILE *f = fopen(portfile, "r");
+        if (f) {
+            if (fscanf(f, "%d", port) != 1) {
+                *port = 0;
+            }
+            fclose(f);
+        }
+        if (!*port) {
+            usleep(50 * 1000);
+        }
+    }
+    if (!*port) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return -1;
+    }
+    return pid;
+}

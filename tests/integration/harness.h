@@ -67,6 +67,12 @@ int bb_harness_run(const char *const argv[], const char *in, int timeout_s,
                    struct bb_run_result *res);
 void bb_run_result_free(struct bb_run_result *res);
 
+/* Starts a stand-in provider: `python3 script portfile logfile`, a server
+ * that picks its own port and writes it to portfile. Waits up to 10 s for
+ * the port. Returns the server's pid with the port in *port, or -1. */
+pid_t bb_harness_start_stand_in(const char *script, const char *portfile, const char *logfile,
+                                int *port);
+
 /* A loopback TCP port nobody listens on right now (bind to 0, read, close),
  * or -1. */
 int bb_harness_free_port(void);

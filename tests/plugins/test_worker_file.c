@@ -521,28 +521,10 @@ static void http_outcomes(void **state)
     char portfile[512], accepted[512];
     bb_harness_path(portfile, sizeof(portfile), "http.port");
     bb_harness_path(accepted, sizeof(accepted), "http.accepted");
-    unlink(portfile);
     unlink(accepted);
-    pid_t server = fork();
-    assert_true(server >= 0);
-    if (server == 0) {
-        execlp("python3", "python3", BB_HTTP_SERVER, portfile, accepted, (char *)NULL);
-        _exit(127);
-    }
     int port = 0;
-    for (int t = 0; t < 10000 && !port; t += 50) {
-        FILE *f = fopen(portfile, "r");
-        if (f) {
-            if (fscanf(f, "%d", &port) != 1) {
-                port = 0;
-            }
-            fclose(f);
-        }
-        if (!port) {
-            sleep_ms(50);
-        }
-    }
-    assert_true(port > 0);
+    pid_t server = bb_harness_start_stand_in(BB_HTTP_SERVER, portfile, accepted, &port);
+    assert_true(server > 0 && port > 0);
 
     static uint8_t buf[8192];
     xadd(buf, make_batch(buf, sizeof(buf), "h1", "http", dict_a, 1, 5));

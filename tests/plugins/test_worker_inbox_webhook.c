@@ -175,28 +175,10 @@ static int start_server(const char *log)
 {
     char portfile[512];
     bb_harness_path(portfile, sizeof(portfile), "webhook.port");
-    unlink(portfile);
     unlink(log);
-    server_pid = fork();
-    assert_true(server_pid >= 0);
-    if (server_pid == 0) {
-        execlp("python3", "python3", BB_WEBHOOK_SERVER, portfile, log, (char *)NULL);
-        _exit(127);
-    }
     int port = 0;
-    for (int t = 0; t < 10000 && !port; t += 50) {
-        FILE *f = fopen(portfile, "r");
-        if (f) {
-            if (fscanf(f, "%d", &port) != 1) {
-                port = 0;
-            }
-            fclose(f);
-        }
-        if (!port) {
-            sleep_ms(50);
-        }
-    }
-    assert_true(port > 0);
+    server_pid = bb_harness_start_stand_in(BB_WEBHOOK_SERVER, portfile, log, &port);
+    assert_true(server_pid > 0 && port > 0);
     return port;
 }
 
