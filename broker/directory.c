@@ -1899,6 +1899,8 @@ int bb_dir_apply(struct bb_dir *dir, const Bb__DirectoryEvent *ev, char *why, si
             return WHY("missing_field:unfollow");
         }
         return unfollow(dir, ev->unfollow->user_id, ev->unfollow->report_id);
+    case BB__DIRECTORY_EVENT__CHANGE_CONTACT_GONE:
+        return BB_OK; /* addresses are not in the index */
     default:
         return WHY("unknown_change");
     }

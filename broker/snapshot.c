@@ -508,6 +508,8 @@ const char *bb_store_check(const Bb__DirectoryEvent *ev)
         }
         return report_id_ok(f->report_id) ? NULL : "bad_report_id";
     }
+    case BB__DIRECTORY_EVENT__CHANGE_CONTACT_GONE:
+        return ev->contact_gone && ev->contact_gone->user_id ? NULL : "missing_field:user_id";
     default:
         return "unknown_change";
     }
@@ -1078,6 +1080,8 @@ static int segment_writes(struct bb_store_batch *b, Bb__DirectoryEvent **evs, co
             }
             break;
         }
+        case BB__DIRECTORY_EVENT__CHANGE_CONTACT_GONE:
+            break; /* the worker removed the address; the event tells the app */
         default:
             *why = "unknown_change"; /* erase and delete never reach here */
             continue;

@@ -522,3 +522,43 @@ pid_t bb_harness_start_stand_in(const char *script, const char *portfile, const 
     }
     return pid;
 }
+
+long long bb_harness_worker_unfinished(redisContext *c, const char *stream, const char *group,
+                                       const char *instance)
+{
+    redisReply *r = redisCommand(c, "XPENDING %s %s", stream, group);
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(r); /* no group yet */
+        return 1;
+    }
+    long long pending = r->elements > 0 && r->element[0]->type == REDIS_REPLY_INTEGER
+                            ? r->element[0]->integer
+                            : 0;
+    freeReplyObject(r);
+    long long lag = -1;
+    r = redisCommand(c, "XINFO GROUPS %s", stream);
+    for (size_t g = 0; r && r->type == REDIS_REPLY_ARRAY && g < r->elements; g++) {
+        const redisReply *gr = r->element[g];
+        bool ours = false;
+        long long l = -1;
+        for (size_t k = 0; gr->type == REDIS_REPLY_ARRAY && k + 1 < gr->elements; k += 2) {
+            const redisReply *key = gr->element[k], *v = gr->element[k + 1];
+            if (key->type != REDIS_REPLY_STRING) {
+                continue;
+            }
+            if (strcmp(key->str, "name") == 0 && v->type == REDIS_REPLY_STRING) {
+                ours = strcmp(v->str, group) == 0;
+            } else if (strcmp(key->str, "lag") == 0 && v->type == REDIS_REPLY_INTEGER) {
+                l = v->integer;
+            }
+        }
+        if (ours) {
+            lag = l;
+        }
+    }
+    freeReplyObject(r);
+    r = redisCommand(c, "ZCARD bb:later:%s", instance);
+    long long later = r && r->type == REDIS_REPLY_INTEGER ? r->integer : 1;
+    freeReplyObject(r);
+    return (lag < 0 ? 1 : lag) + pending + later;
+}

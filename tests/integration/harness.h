@@ -81,4 +81,11 @@ int bb_harness_free_port(void);
  * -1 if nothing answered. */
 int bb_harness_http_get(int port, const char *path, char *buf, size_t cap);
 
+/* What a worker's channel instance has not finished: entries of stream its
+ * consumer group has not read (lag) or not acked (pending), plus jobs in
+ * bb:later:<instance> (waiting retries and collections). 0 when all is
+ * done; a stream without the group counts as unfinished. */
+long long bb_harness_worker_unfinished(redisContext *c, const char *stream, const char *group,
+                                       const char *instance);
+
 #endif

@@ -194,31 +194,9 @@ static int stop_worker(pid_t pid, int sig)
     return -1;
 }
 
-/* Entries of the stream the group has neither read nor acked, plus pending. */
 static long long unfinished(void)
 {
-    redisReply *r = redisCommand(rc, "XPENDING %s bb-workers", STREAM);
-    assert_non_null(r);
-    if (r->type == REDIS_REPLY_ERROR) {
-        freeReplyObject(r); /* no group yet */
-        return 1;
-    }
-    long long pending =
-        r->type == REDIS_REPLY_ARRAY && r->elements > 0 ? r->element[0]->integer : 0;
-    freeReplyObject(r);
-    r = cmd("XINFO GROUPS %s", STREAM);
-    long long lag = -1;
-    for (size_t g = 0; r->type == REDIS_REPLY_ARRAY && g < r->elements; g++) {
-        redisReply *gr = r->element[g];
-        for (size_t k = 0; k + 1 < gr->elements; k += 2) {
-            if (strcmp(gr->element[k]->str, "lag") == 0 &&
-                gr->element[k + 1]->type == REDIS_REPLY_INTEGER) {
-                lag = gr->element[k + 1]->integer;
-            }
-        }
-    }
-    freeReplyObject(r);
-    return lag < 0 ? 1 + pending : lag + pending;
+    return bb_harness_worker_unfinished(rc, STREAM, "bb-workers", "inbox");
 }
 
 static bool wait_done(int timeout_ms)
@@ -415,7 +393,7 @@ static void delivers_receipts_and_dead_letters(void **state)
     freeReplyObject(r);
     assert_true(decode);
     assert_true(nodict);
-    assert_int_equal(cmd_int("EXISTS bb:sent:r:rep1:3:1"), 1);
+    assert_int_equal(cmd_int("EXISTS bb:sent:inbox:r:rep1:3:1"), 1);
 }
 
 static void crash_and_restart_sends_nothing_twice(void **state)
@@ -470,7 +448,7 @@ static void crash_and_restart_sends_nothing_twice(void **state)
         assert_true(counts[i] <= 1);
         if (counts[i] == 0) {
             /* Only the documented window may lose one: recorded, never sent. */
-            assert_int_equal(cmd_int("EXISTS bb:sent:%s", ids[i]), 1);
+            assert_int_equal(cmd_int("EXISTS bb:sent:inbox:%s", ids[i]), 1);
             missing++;
         }
     }

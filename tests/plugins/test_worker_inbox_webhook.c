@@ -49,6 +49,19 @@ static redisReply *cmd(const char *fmt, ...)
     return r;
 }
 
+static long long cmd_int(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(rc, fmt, ap);
+    va_end(ap);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    long long v = r->integer;
+    freeReplyObject(r);
+    return v;
+}
+
 static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
@@ -108,30 +121,10 @@ static size_t make_batch(uint8_t *out, size_t cap, const char *report_id, int ch
     return bb__delivery_batch__pack(&b, out);
 }
 
+/* The instances are named after their streams' last part (bb:out:<inst>). */
 static long long unfinished(const char *stream)
 {
-    redisReply *r = redisCommand(rc, "XPENDING %s bb-workers", stream);
-    assert_non_null(r);
-    if (r->type == REDIS_REPLY_ERROR) {
-        freeReplyObject(r);
-        return 1;
-    }
-    long long pending =
-        r->type == REDIS_REPLY_ARRAY && r->elements > 0 ? r->element[0]->integer : 0;
-    freeReplyObject(r);
-    r = cmd("XINFO GROUPS %s", stream);
-    long long lag = -1;
-    for (size_t g = 0; r->type == REDIS_REPLY_ARRAY && g < r->elements; g++) {
-        redisReply *gr = r->element[g];
-        for (size_t k = 0; k + 1 < gr->elements; k += 2) {
-            if (strcmp(gr->element[k]->str, "lag") == 0 &&
-                gr->element[k + 1]->type == REDIS_REPLY_INTEGER) {
-                lag = gr->element[k + 1]->integer;
-            }
-        }
-    }
-    freeReplyObject(r);
-    return lag < 0 ? 1 + pending : lag + pending;
+    return bb_harness_worker_unfinished(rc, stream, "bb-workers", strrchr(stream, ':') + 1);
 }
 
 static pid_t spawn_worker(const char *conf)
@@ -244,7 +237,9 @@ static void inbox_and_webhook(void **state)
         user.locale = "nl";
         uint8_t buf[256];
         size_t len = bb__user__pack(&user, buf);
-        freeReplyObject(cmd("HSET bb:user:%" PRIu64 " u %b", u, buf, len));
+        freeReplyObject(cmd("HSET bb:user:%" PRIu64 " u %b push_token tok-%" PRIu64
+                            " push_platform fcm",
+                            u, buf, len, u));
     }
     /* The live feed, followed before anything is sent. */
     redisContext *sub = bb_harness_redis_connect(srv);
@@ -405,17 +400,25 @@ static void inbox_and_webhook(void **state)
     assert_string_equal(fr->element[0]->str, "reason");
     assert_string_equal(fr->element[1]->str, "http_410");
     freeReplyObject(r);
-    /* GONE, not just PERMANENT: the host logs the address as gone. */
-    char logpath[512];
-    bb_harness_path(logpath, sizeof(logpath), "worker.log");
-    f = fopen(logpath, "r");
-    assert_non_null(f);
-    bool gone_logged = false;
-    while (fgets(line, sizeof(line), f)) {
-        gone_logged = gone_logged || (strstr(line, "address gone") && strstr(line, "r:n1:1:2"));
-    }
-    fclose(f);
-    assert_true(gone_logged);
+    /* GONE, not just PERMANENT: the address is removed from the user's
+     * record, the others' stay, and the directory hears of it. */
+    assert_int_equal(cmd_int("HEXISTS bb:user:2 push_token"), 0);
+    assert_int_equal(cmd_int("HEXISTS bb:user:2 push_platform"), 0);
+    assert_int_equal(cmd_int("HEXISTS bb:user:1 push_token"), 1);
+    assert_int_equal(cmd_int("HEXISTS bb:user:3 push_token"), 1);
+    r = cmd("XRANGE bb:directory - +");
+    assert_int_equal(r->elements, 1);
+    fr = r->element[0]->element[1];
+    assert_string_equal(fr->element[0]->str, "p");
+    Bb__DirectoryEvent *ev = bb__directory_event__unpack(NULL, fr->element[1]->len,
+                                                         (const uint8_t *)fr->element[1]->str);
+    assert_non_null(ev);
+    assert_int_equal(ev->change_case, BB__DIRECTORY_EVENT__CHANGE_CONTACT_GONE);
+    assert_int_equal(ev->contact_gone->user_id, 2);
+    assert_string_equal(ev->contact_gone->field, "push_token");
+    assert_string_equal(ev->contact_gone->reason, "http_410");
+    bb__directory_event__free_unpacked(ev, NULL);
+    freeReplyObject(r);
 }
 
 /* format() output and option checks through --check-config. */

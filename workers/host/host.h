@@ -24,11 +24,34 @@ struct bb_chan_kv {
     int line;
 };
 
+/* The host's own per-instance options (channel.<inst>.<name>; the table
+ * is in options.c). Everything else under channel.<inst>. belongs to the
+ * plug-ins: "<option>" with one plug-in, "<plug-in>.<option>" with several. */
+struct bb_chan_opts {
+    char *plugin;  /* one plug-in, or several separated by commas or spaces: then each
+                      recipient goes to the one its push_platform names */
+    char *stream;  /* default bb:out:<inst> */
+    char *group;   /* consumer group; "" = the worker's group */
+    char *collect; /* "": send at once; "user": collect per recipient, send at the user's
+                      digest hour; a duration: collect, send every interval */
+    int64_t collect_max;
+    int64_t rate;  /* sends started per second; 0: no limit */
+    int64_t burst;
+    int64_t concurrency; /* sends in flight; 0: max_unconfirmed */
+    int64_t breaker_failures;
+    int64_t breaker_cooldown_ms;
+};
+
 struct bb_chan_conf {
     char *instance;
-    char *plugin;          /* channel.<inst>.plugin (required) */
-    char *stream;          /* channel.<inst>.stream, default bb:out:<inst> */
-    struct bb_chan_kv *kv; /* the plug-in's own options */
+    struct bb_chan_opts o;
+    char *plugin;          /* = o.plugin */
+    char *stream;          /* = o.stream, filled in */
+    char *group;           /* = o.group, filled in */
+    int64_t collect_ms;    /* collect: -1 off, 0 per user, else the interval */
+    char **plugins;        /* o.plugin split */
+    size_t nplugins;
+    struct bb_chan_kv *kv; /* the plug-ins' own options */
     size_t nkv;
 };
 
@@ -50,6 +73,7 @@ struct bb_worker_config {
     int64_t max_unconfirmed;
     int64_t max_attempts;
     int64_t retry_min_ms, retry_max_ms, retry_budget_ms;
+    int64_t later_poll_ms;
     int64_t max_payload;
     int64_t shutdown_grace_ms;
     int64_t http_timeout_ms;
@@ -78,11 +102,19 @@ int bb_plugin_load(struct bb_plugin *p, const char *dir, const char *name, char 
                    size_t errlen);
 void bb_plugin_unload(struct bb_plugin *p);
 
-/* Checks conf against the plug-in's option table and builds the values
- * init() reads. Returns NULL with a message in err. */
+/* One loaded plug-in of a channel instance, with the context its init made. */
+struct bb_chan_plugin {
+    struct bb_plugin pl;
+    void *ctx;
+};
+
+/* Checks conf's options for ch against its option table and builds the
+ * values init() reads. prefix: NULL when ch is the instance's only
+ * plug-in, else its name (only "<prefix>.<option>" keys are its own).
+ * Returns NULL with a message in err. */
 struct bb_channel_config *bb_plugin_config_new(const struct bb_channel *ch,
-                                               const struct bb_chan_conf *conf, char *err,
-                                               size_t errlen);
+                                               const struct bb_chan_conf *conf,
+                                               const char *prefix, char *err, size_t errlen);
 void bb_plugin_config_free(struct bb_channel_config *cfg);
 
 /* ---- hostapi.c --------------------------------------------------------------------------- */
@@ -99,6 +131,57 @@ const struct bb_host_api *bb_host_api_get(struct bb_host *h);
 /* Transfers still running on the curl multi handle. */
 unsigned bb_host_http_inflight(const struct bb_host *h);
 
+/* ---- later.c: retries and collections kept in Redis ------------------------------------- */
+
+struct bb_later;
+struct redisReply;
+
+/* A job taken (leased) from bb:later:<inst>; everything borrowed for the call. */
+struct bb_later_job {
+    const char *member;              /* "r:<delivery id>" or "c:<u|g><id>" */
+    const char *blob;                /* PendingDelivery, bloblen 0 when missing */
+    size_t bloblen;
+    const struct redisReply *items;  /* collections: field, value, ... (may be empty) */
+};
+typedef void bb_later_job_fn(void *arg, const struct bb_later_job *job);
+/* How many more jobs the caller can take now. */
+typedef unsigned bb_later_room_fn(void *arg);
+/* result: the script's integer reply, -1 when it did not run (Redis down). */
+typedef void bb_later_done_fn(void *arg, long long result);
+
+/* Polls every poll_ms for due jobs, holds each for lease_ms. */
+struct bb_later *bb_later_new(struct event_base *base, struct bb_conn *commands,
+                              const char *instance, int64_t poll_ms, int64_t lease_ms,
+                              bb_later_job_fn *on_job, bb_later_room_fn *room, void *arg);
+void bb_later_stop(struct bb_later *l);
+void bb_later_free(struct bb_later *l);
+/* Stores member's job, due at due_ms, and deletes record_key (the delivery's
+ * bb:sent record, so that the next try may send), in one step. */
+int bb_later_park(struct bb_later *l, const char *member, int64_t due_ms, const void *blob,
+                  size_t len, const char *record_key, bb_later_done_fn *done, void *arg);
+/* The job is done: removed. */
+int bb_later_finish(struct bb_later *l, const char *member, bb_later_done_fn *done, void *arg);
+/* Adds item under field to member's collection ("c:<who>"), and schedules
+ * the collection at due_ms with blob unless it is already scheduled or
+ * being sent. result 0: the collection holds max items already. */
+int bb_later_collect(struct bb_later *l, const char *member, const char *field, const void *item,
+                     size_t itemlen, int64_t due_ms, const void *blob, size_t bloblen,
+                     int64_t max, bb_later_done_fn *done, void *arg);
+/* The frozen collection was sent (or given up): drops it; if items came
+ * in meanwhile, schedules the collection again at next_due_ms with blob. */
+int bb_later_flushed(struct bb_later *l, const char *member, int64_t next_due_ms,
+                     const void *blob, size_t bloblen, bb_later_done_fn *done, void *arg);
+
+/* ---- schedule.c -------------------------------------------------------------------------- */
+
+/* The next time after now_ms (Unix ms) that is hour:00 local time in the
+ * IANA zone tz ("" or unknown: Europe/Amsterdam), on a Monday if weekly.
+ * Across a daylight-saving change the local hour is kept. */
+int64_t bb_next_local_hour_ms(const char *tz, unsigned hour, bool weekly, int64_t now_ms);
+/* The next multiple of every_ms after now_ms. */
+int64_t bb_next_interval_ms(int64_t every_ms, int64_t now_ms);
+void bb_schedule_cleanup(void);
+
 /* ---- stream.c ---------------------------------------------------------------------------- */
 
 struct bb_stream;
@@ -106,14 +189,15 @@ struct bb_stream;
 /* One channel instance: reads its stream through the consumer group and
  * drives the plug-in. */
 struct bb_stream *bb_stream_new(struct event_base *base, const struct bb_worker_config *cfg,
-                                const struct bb_chan_conf *conf, const struct bb_channel *ch,
-                                void *plugin_ctx, struct bb_conn *commands);
+                                const struct bb_chan_conf *conf,
+                                const struct bb_chan_plugin *plugins, size_t nplugins,
+                                struct bb_conn *commands);
 void bb_stream_free(struct bb_stream *s);
 /* The commands connection came up (again): create the group. */
 void bb_stream_commands_ready(struct bb_stream *s);
 /* Stops reading; deliveries in flight go on. */
 void bb_stream_stop(struct bb_stream *s);
-/* Batches read and not yet acked. */
+/* Batches read and not yet acked, plus jobs taken from bb:later. */
 unsigned bb_stream_inflight(const struct bb_stream *s);
 
 /* What a channel did, for /metrics (event-loop thread). */
@@ -121,6 +205,11 @@ struct bb_stream_stats {
     uint64_t outcome[5]; /* receipts by Outcome: 1 ok, 2 retry, 3 permanent, 4 duplicate */
     uint64_t batches;    /* batch entries taken */
     uint64_t dead_batches;
+    uint64_t parked;         /* deliveries whose next try waits in bb:later */
+    uint64_t parked_open;    /* of those, parked unsent because the breaker was open */
+    uint64_t collected;      /* deliveries added to a collection (digest) */
+    uint64_t gone;           /* addresses removed (unregistered token, hard bounce) */
+    uint64_t breaker_opened; /* times the circuit breaker opened */
 };
 const struct bb_stream_stats *bb_stream_stats(const struct bb_stream *s);
 const char *bb_stream_instance(const struct bb_stream *s);

@@ -30,8 +30,7 @@ struct worker {
     struct bb_conn *commands;
     struct bb_host *host;
     size_t n;
-    struct bb_plugin *plugins;
-    void **ctxs;
+    struct bb_chan_plugin **plugins; /* per instance, conf->nplugins each */
     struct bb_stream **streams;
     struct event *sig_term, *sig_int, *sig_hup, *drain_ev;
     int64_t drain_deadline;
@@ -176,43 +175,53 @@ static int check(struct bb_worker_config *cfg, char *err, size_t errlen)
     return bb_consumer_name_default(&cfg->name);
 }
 
-/* Loads every plug-in and runs its init; with check_only, destroys again. */
+/* Loads every plug-in of every instance and runs its init; with
+ * check_only, the caller destroys them again. */
 static int start_channels(struct worker *w, bool check_only)
 {
     char err[512];
     for (size_t i = 0; i < w->n; i++) {
         const struct bb_chan_conf *cc = &w->cfg.chans[i];
-        if (bb_plugin_load(&w->plugins[i], w->cfg.plugin_dir, cc->plugin, err, sizeof(err)) !=
-            BB_OK) {
-            bb_error("plug-in refused", "channel=%s plugin=%s why=\"%s\"", cc->instance, cc->plugin,
-                     err);
-            return BB_ECONFIG;
+        w->plugins[i] = calloc(cc->nplugins, sizeof(*w->plugins[i]));
+        if (!w->plugins[i]) {
+            return BB_ENOMEM;
         }
-        const struct bb_channel *ch = w->plugins[i].ch;
-        struct bb_channel_config *pc = bb_plugin_config_new(ch, cc, err, sizeof(err));
-        if (!pc) {
-            bb_error("bad channel configuration", "channel=%s why=\"%s\"", cc->instance, err);
-            return BB_ECONFIG;
-        }
-        err[0] = '\0';
-        int rc = ch->init(bb_host_api_get(w->host), pc, &w->ctxs[i], err, sizeof(err));
-        bb_plugin_config_free(pc);
-        if (rc != 0) {
-            w->ctxs[i] = NULL;
-            bb_error("plug-in init failed", "channel=%s plugin=%s why=\"%s\"", cc->instance,
-                     cc->plugin, err);
-            return BB_ECONFIG;
+        for (size_t k = 0; k < cc->nplugins; k++) {
+            struct bb_chan_plugin *cp = &w->plugins[i][k];
+            const char *name = cc->plugins[k];
+            if (bb_plugin_load(&cp->pl, w->cfg.plugin_dir, name, err, sizeof(err)) != BB_OK) {
+                bb_error("plug-in refused", "channel=%s plugin=%s why=\"%s\"", cc->instance, name,
+                         err);
+                return BB_ECONFIG;
+            }
+            const struct bb_channel *ch = cp->pl.ch;
+            struct bb_channel_config *pc =
+                bb_plugin_config_new(ch, cc, cc->nplugins > 1 ? name : NULL, err, sizeof(err));
+            if (!pc) {
+                bb_error("bad channel configuration", "channel=%s why=\"%s\"", cc->instance, err);
+                return BB_ECONFIG;
+            }
+            err[0] = '\0';
+            int rc = ch->init(bb_host_api_get(w->host), pc, &cp->ctx, err, sizeof(err));
+            bb_plugin_config_free(pc);
+            if (rc != 0) {
+                cp->ctx = NULL;
+                bb_error("plug-in init failed", "channel=%s plugin=%s why=\"%s\"", cc->instance,
+                         name, err);
+                return BB_ECONFIG;
+            }
         }
         if (check_only) {
             continue;
         }
-        w->streams[i] = bb_stream_new(w->base, &w->cfg, cc, ch, w->ctxs[i], w->commands);
+        w->streams[i] =
+            bb_stream_new(w->base, &w->cfg, cc, w->plugins[i], cc->nplugins, w->commands);
         if (!w->streams[i]) {
             bb_error("cannot start channel", "channel=%s", cc->instance);
             return BB_ENOMEM;
         }
-        bb_info("channel started", "channel=%s plugin=%s stream=%s", cc->instance, cc->plugin,
-                cc->stream);
+        bb_info("channel started", "channel=%s plugin=\"%s\" stream=%s group=%s collect=\"%s\"",
+                cc->instance, cc->plugin, cc->stream, cc->group, cc->o.collect);
     }
     return BB_OK;
 }
@@ -228,13 +237,18 @@ static void worker_free(struct worker *w)
     bb_host_abandon(w->host);
     for (size_t i = 0; i < w->n; i++) {
         bb_stream_free(w->streams ? w->streams[i] : NULL);
-        if (w->ctxs && w->ctxs[i]) {
-            w->plugins[i].ch->destroy(w->ctxs[i]);
+        for (size_t k = 0; w->plugins && w->plugins[i] && k < w->cfg.chans[i].nplugins; k++) {
+            if (w->plugins[i][k].ctx) {
+                w->plugins[i][k].pl.ch->destroy(w->plugins[i][k].ctx);
+            }
         }
     }
     bb_host_free(w->host);
     for (size_t i = 0; w->plugins && i < w->n; i++) {
-        bb_plugin_unload(&w->plugins[i]);
+        for (size_t k = 0; w->plugins[i] && k < w->cfg.chans[i].nplugins; k++) {
+            bb_plugin_unload(&w->plugins[i][k].pl);
+        }
+        free(w->plugins[i]);
     }
     struct event *evs[] = {w->sig_term, w->sig_int, w->sig_hup, w->drain_ev};
     for (size_t i = 0; i < 4; i++) {
@@ -243,7 +257,6 @@ static void worker_free(struct worker *w)
         }
     }
     free(w->plugins);
-    free(w->ctxs);
     free(w->streams);
     if (w->base) {
         event_base_free(w->base);
@@ -294,10 +307,9 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     w.n = w.cfg.nchans;
     w.plugins = calloc(w.n, sizeof(*w.plugins));
-    w.ctxs = calloc(w.n, sizeof(*w.ctxs));
     w.streams = calloc(w.n, sizeof(*w.streams));
     w.base = event_base_new();
-    if (!w.plugins || !w.ctxs || !w.streams || !w.base) {
+    if (!w.plugins || !w.streams || !w.base) {
         bb_error("out of memory", NULL);
         goto out;
     }

@@ -62,14 +62,17 @@ static const struct bb_opt worker_opts[] = {
     OPT("max_unconfirmed", BB_OPT_INT, max_unconfirmed, "256", 1, 100000,
         "deliveries per channel recorded and not yet confirmed by the plug-in; a crash loses "
         "at most these"),
-    OPT("max_attempts", BB_OPT_INT, max_attempts, "5", 1, 100,
-        "sends of one delivery before it goes to bb:dead"),
+    OPT("max_attempts", BB_OPT_INT, max_attempts, "50", 1, 1000,
+        "sends of one delivery before it goes to bb:dead (like Amazon SNS: 50)"),
     OPT("retry_min", BB_OPT_DURATION_MS, retry_min_ms, "1s", 1, 3600000,
         "first retry backoff (doubles, with jitter)"),
-    OPT("retry_max", BB_OPT_DURATION_MS, retry_max_ms, "60s", 1, 86400000,
+    OPT("retry_max", BB_OPT_DURATION_MS, retry_max_ms, "20m", 1, 86400000,
         "largest retry backoff, also the cap on a provider's Retry-After"),
-    OPT("retry_budget", BB_OPT_DURATION_MS, retry_budget_ms, "5m", 1, 86400000,
-        "a delivery still failing this long after its first try goes to bb:dead"),
+    OPT("retry_budget", BB_OPT_DURATION_MS, retry_budget_ms, "6h", 1, 604800000,
+        "a delivery still failing this long after its first try goes to bb:dead; waiting "
+        "retries are kept in Redis (bb:later:<inst>), not in memory"),
+    OPT("later_poll", BB_OPT_DURATION_MS, later_poll_ms, "500ms", 10, 60000,
+        "how often due retries and collections are looked for"),
     OPT("max_payload", BB_OPT_BYTES, max_payload, "256kb", 1024, 16777216,
         "largest decompressed notification accepted"),
     OPT("shutdown_grace", BB_OPT_DURATION_MS, shutdown_grace_ms, "10s", 0, 600000,
@@ -80,6 +83,38 @@ static const struct bb_opt worker_opts[] = {
         "default timeout of a plug-in's HTTP request"),
 };
 static const size_t worker_nopts = sizeof(worker_opts) / sizeof(worker_opts[0]);
+
+#define COPT(name, type, field, def, min, max, help)                                               \
+    {                                                                                              \
+        name, type, offsetof(struct bb_chan_opts, field), def, min, max, help                      \
+    }
+
+/* channel.<inst>.<name>: what the host does for an instance, whatever its plug-in. */
+static const struct bb_opt chan_opts[] = {
+    COPT("plugin", BB_OPT_STRING, plugin, "", 0, 0,
+         "the plug-in (bb-channel-<name>.so); several, comma-separated: each recipient goes to "
+         "the one its push_platform names, options as channel.<inst>.<plug-in>.<option>"),
+    COPT("stream", BB_OPT_STRING, stream, "", 0, 0, "stream read; empty: bb:out:<inst>"),
+    COPT("group", BB_OPT_STRING, group, "", 0, 0,
+         "consumer group; empty: the worker's group. Instances reading one stream need "
+         "different groups"),
+    COPT("collect", BB_OPT_STRING, collect, "", 0, 0,
+         "empty: send each delivery; \"user\": collect per recipient in Redis and send them "
+         "as one digest at the user's digest hour (daily or weekly, the user's time zone); a "
+         "duration (1h, 7d): collect and send every interval"),
+    COPT("collect_max", BB_OPT_INT, collect_max, "100", 1, 10000,
+         "items kept per collection; more are dropped with a receipt"),
+    COPT("rate", BB_OPT_INT, rate, "0", 0, 10000000,
+         "sends started per second (token bucket); 0: no limit"),
+    COPT("burst", BB_OPT_INT, burst, "0", 0, 10000000, "token bucket size; 0: one second's rate"),
+    COPT("concurrency", BB_OPT_INT, concurrency, "0", 0, 100000,
+         "sends in flight at once; 0: max_unconfirmed"),
+    COPT("breaker_failures", BB_OPT_INT, breaker_failures, "20", 1, 1000000,
+         "consecutive retryable failures that open the circuit breaker (sends pause)"),
+    COPT("breaker_cooldown", BB_OPT_DURATION_MS, breaker_cooldown_ms, "30s", 100, 3600000,
+         "how long an open breaker waits before one trial send"),
+};
+static const size_t chan_nopts = sizeof(chan_opts) / sizeof(chan_opts[0]);
 
 static char *dup_n(const char *s, size_t n)
 {
@@ -262,6 +297,70 @@ close_in:
     return rc;
 }
 
+/* Fills in an instance's defaults and splits its plug-in list. */
+static int finish_channel(const struct bb_worker_config *cfg, struct bb_chan_conf *c, char *err,
+                          size_t errlen)
+{
+    char buf[256];
+    snprintf(buf, sizeof(buf), "bb:out:%s", c->instance);
+    c->stream = strdup(c->o.stream[0] ? c->o.stream : buf);
+    c->group = strdup(c->o.group[0] ? c->o.group : cfg->group);
+    c->plugin = c->o.plugin;
+    if (!c->stream || !c->group) {
+        return BB_ENOMEM;
+    }
+    for (const char *p = c->o.plugin; *p;) {
+        size_t len = strcspn(p, ", \t");
+        if (len) {
+            char **np = realloc(c->plugins, (c->nplugins + 1) * sizeof(*np));
+            if (!np) {
+                return BB_ENOMEM;
+            }
+            c->plugins = np;
+            if (!(c->plugins[c->nplugins] = dup_n(p, len))) {
+                return BB_ENOMEM;
+            }
+            c->nplugins++;
+        }
+        p += len;
+        p += strspn(p, ", \t");
+    }
+    if (c->nplugins == 0) {
+        snprintf(err, errlen, "channel.%s.plugin: required (the plug-in's name, e.g. file)",
+                 c->instance);
+        return BB_ECONFIG;
+    }
+    if (c->o.collect[0] == '\0') {
+        c->collect_ms = -1;
+    } else if (strcmp(c->o.collect, "user") == 0) {
+        c->collect_ms = 0;
+    } else if (bb_parse_duration_ms(c->o.collect, &c->collect_ms) != BB_OK ||
+               c->collect_ms < 60000) {
+        snprintf(err, errlen,
+                 "channel.%s.collect: expected \"user\" or a duration of at least 1m, got '%s'",
+                 c->instance, c->o.collect);
+        return BB_ECONFIG;
+    }
+    /* With several plug-ins, each of the instance's options names its plug-in. */
+    for (size_t k = 0; c->nplugins > 1 && k < c->nkv; k++) {
+        bool named = false;
+        for (size_t i = 0; i < c->nplugins; i++) {
+            size_t n = strlen(c->plugins[i]);
+            named = named || (strncmp(c->kv[k].key, c->plugins[i], n) == 0 &&
+                              c->kv[k].key[n] == '.');
+        }
+        if (!named) {
+            snprintf(err, errlen,
+                     "%s:%d: channel.%s.%s: this instance has several plug-ins; write "
+                     "channel.%s.<plug-in>.%s",
+                     c->kv[k].source, c->kv[k].line, c->instance, c->kv[k].key, c->instance,
+                     c->kv[k].key);
+            return BB_ECONFIG;
+        }
+    }
+    return BB_OK;
+}
+
 static int build_channels(struct bb_worker_config *cfg, struct kv_list *l, char *err, size_t errlen)
 {
     size_t n = 0;
@@ -299,6 +398,10 @@ static int build_channels(struct bb_worker_config *cfg, struct kv_list *l, char 
             return BB_ENOMEM;
         }
         cfg->nchans++;
+        int rc = bb_config_defaults(chan_opts, chan_nopts, &c->o, err, errlen);
+        if (rc != BB_OK) {
+            return rc;
+        }
         for (size_t i = 0; i + 1 < cfg->nchans; i++) {
             if (strcmp(cfg->chans[i].instance, c->instance) == 0) {
                 snprintf(err, errlen, "channels: '%s' is named twice", c->instance);
@@ -323,13 +426,18 @@ static int build_channels(struct bb_worker_config *cfg, struct kv_list *l, char 
                      kv->line, kv->inst, kv->key, kv->inst);
             return BB_ECONFIG;
         }
-        char **slot = strcmp(kv->key, "plugin") == 0   ? &c->plugin
-                      : strcmp(kv->key, "stream") == 0 ? &c->stream
-                                                       : NULL;
-        if (slot) {
-            free(*slot);
-            *slot = kv->value;
-            kv->value = NULL;
+        bool host_opt = false;
+        for (size_t k = 0; k < chan_nopts; k++) {
+            host_opt = host_opt || strcmp(chan_opts[k].name, kv->key) == 0;
+        }
+        if (host_opt) {
+            char why[256];
+            if (bb_config_set(chan_opts, chan_nopts, &c->o, kv->key, kv->value, why,
+                              sizeof(why)) != BB_OK) {
+                snprintf(err, errlen, "%s:%d: channel.%s.%s", kv->source, kv->line, kv->inst,
+                         why);
+                return BB_ECONFIG;
+            }
             continue;
         }
         struct bb_chan_kv *nkv = realloc(c->kv, (c->nkv + 1) * sizeof(*nkv));
@@ -342,18 +450,18 @@ static int build_channels(struct bb_worker_config *cfg, struct kv_list *l, char 
         kv->key = kv->value = NULL;
     }
     for (size_t k = 0; k < cfg->nchans; k++) {
-        struct bb_chan_conf *c = &cfg->chans[k];
-        if (!c->plugin || !c->plugin[0]) {
-            snprintf(err, errlen, "channel.%s.plugin: required (the plug-in's name, e.g. file)",
-                     c->instance);
-            return BB_ECONFIG;
+        int rc = finish_channel(cfg, &cfg->chans[k], err, errlen);
+        if (rc != BB_OK) {
+            return rc;
         }
-        if (!c->stream) {
-            char s[256];
-            snprintf(s, sizeof(s), "bb:out:%s", c->instance);
-            c->stream = strdup(s);
-            if (!c->stream) {
-                return BB_ENOMEM;
+        for (size_t i = 0; i < k; i++) {
+            if (strcmp(cfg->chans[i].stream, cfg->chans[k].stream) == 0 &&
+                strcmp(cfg->chans[i].group, cfg->chans[k].group) == 0) {
+                snprintf(err, errlen,
+                         "channel.%s and channel.%s read %s in one consumer group, so each "
+                         "would get only part of it: give one a channel.<inst>.group",
+                         cfg->chans[i].instance, cfg->chans[k].instance, cfg->chans[k].stream);
+                return BB_ECONFIG;
             }
         }
     }
@@ -396,8 +504,16 @@ void bb_worker_config_dump(const struct bb_worker_config *cfg)
     bb_config_dump(worker_opts, worker_nopts, cfg, stdout);
     for (size_t i = 0; i < cfg->nchans; i++) {
         const struct bb_chan_conf *c = &cfg->chans[i];
-        printf("channel.%s.plugin %s\nchannel.%s.stream %s\n", c->instance, c->plugin, c->instance,
-               c->stream);
+        printf("channel.%s.plugin \"%s\"\nchannel.%s.stream %s\nchannel.%s.group %s\n",
+               c->instance, c->plugin, c->instance, c->stream, c->instance, c->group);
+        printf("channel.%s.collect \"%s\"\nchannel.%s.collect_max %lld\n", c->instance,
+               c->o.collect, c->instance, (long long)c->o.collect_max);
+        printf("channel.%s.rate %lld\nchannel.%s.burst %lld\nchannel.%s.concurrency %lld\n",
+               c->instance, (long long)c->o.rate, c->instance, (long long)c->o.burst, c->instance,
+               (long long)c->o.concurrency);
+        printf("channel.%s.breaker_failures %lld\nchannel.%s.breaker_cooldown %lldms\n",
+               c->instance, (long long)c->o.breaker_failures, c->instance,
+               (long long)c->o.breaker_cooldown_ms);
         for (size_t k = 0; k < c->nkv; k++) {
             printf("channel.%s.%s \"%s\"\n", c->instance, c->kv[k].key, c->kv[k].value);
         }
@@ -409,8 +525,13 @@ void bb_worker_config_free(struct bb_worker_config *cfg)
     for (size_t i = 0; i < cfg->nchans; i++) {
         struct bb_chan_conf *c = &cfg->chans[i];
         free(c->instance);
-        free(c->plugin);
         free(c->stream);
+        free(c->group);
+        for (size_t k = 0; k < c->nplugins; k++) {
+            free(c->plugins[k]);
+        }
+        free(c->plugins);
+        bb_config_free(chan_opts, chan_nopts, &c->o);
         for (size_t k = 0; k < c->nkv; k++) {
             free(c->kv[k].key);
             free(c->kv[k].value);

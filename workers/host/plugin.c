@@ -145,9 +145,21 @@ static int check_value(const struct bb_channel_option *o, const char *v, int64_t
     }
 }
 
+/* conf's key k as ch's option name: the key, or with a prefix what follows
+ * "<prefix>."; NULL if the key is not ch's. */
+static const char *own_key(const struct bb_chan_conf *conf, size_t k, const char *prefix)
+{
+    const char *key = conf->kv[k].key;
+    if (!prefix) {
+        return key;
+    }
+    size_t n = strlen(prefix);
+    return strncmp(key, prefix, n) == 0 && key[n] == '.' ? key + n + 1 : NULL;
+}
+
 struct bb_channel_config *bb_plugin_config_new(const struct bb_channel *ch,
-                                               const struct bb_chan_conf *conf, char *err,
-                                               size_t errlen)
+                                               const struct bb_chan_conf *conf,
+                                               const char *prefix, char *err, size_t errlen)
 {
     size_t n = 0;
     while (ch->options && ch->options[n].name) {
@@ -166,9 +178,10 @@ struct bb_channel_config *bb_plugin_config_new(const struct bb_channel *ch,
     }
     /* Every key given must be one the plug-in knows. */
     for (size_t k = 0; k < conf->nkv; k++) {
-        bool known = false;
-        for (size_t i = 0; i < n; i++) {
-            known = known || strcmp(ch->options[i].name, conf->kv[k].key) == 0;
+        const char *key = own_key(conf, k, prefix);
+        bool known = key == NULL;
+        for (size_t i = 0; key && i < n; i++) {
+            known = known || strcmp(ch->options[i].name, key) == 0;
         }
         if (!known) {
             snprintf(err, errlen, "%s:%d: channel.%s.%s: plug-in %s has no option '%s'",
@@ -181,7 +194,8 @@ struct bb_channel_config *bb_plugin_config_new(const struct bb_channel *ch,
         const struct bb_channel_option *o = &ch->options[i];
         const char *v = o->def;
         for (size_t k = 0; k < conf->nkv; k++) {
-            if (strcmp(conf->kv[k].key, o->name) == 0) {
+            const char *key = own_key(conf, k, prefix);
+            if (key && strcmp(key, o->name) == 0) {
                 v = conf->kv[k].value; /* the last line wins */
             }
         }
