@@ -1,7 +1,9 @@
 """Test HTTP endpoint for the httptest plug-in: writes its port to argv[1],
 appends each accepted delivery id to argv[2]. Recipient 2: 410 always;
-3: 503 with Retry-After: 1 on the first try; 4: 400; others: 200."""
+3: 503 with Retry-After: 1 on the first try; 4: 400; others: 200.
+Listens on $BB_STAND_IN_PORT if set, else on a port of its own."""
 import http.server
+import os
 import sys
 
 seen = set()
@@ -30,9 +32,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+srv = http.server.HTTPServer(("127.0.0.1", int(os.environ.get("BB_STAND_IN_PORT", "0"))), Handler)
 with open(sys.argv[1] + ".tmp", "w") as f:
     f.write(str(srv.server_address[1]))
-import os
 os.rename(sys.argv[1] + ".tmp", sys.argv[1])
 srv.serve_forever()

@@ -128,6 +128,39 @@ static const char *urgency_name(int u)
                                          : "unspecified";
 }
 
+/* The fields of n, after the ones already in the open object. */
+static void notification_fields(struct bb_nj_buf *b, const struct bb_notification *n)
+{
+    field(b, "kind", kind_name(n->kind));
+    field(b, "report_id", n->report_id);
+    if (n->kind == BB_KIND_STATUS) {
+        field(b, "status_id", n->status_id);
+    }
+    raw(b, "time_ms", "%" PRId64, n->time_ms);
+    field(b, "category_name", n->category_name);
+    field(b, "urgency", urgency_name(n->urgency));
+    field(b, "title", n->title);
+    field(b, "locale", n->locale);
+    field(b, "text", n->text);
+    field(b, "author", n->anonymous ? "" : n->author);
+    raw(b, "anonymous", "%s", n->anonymous ? "true" : "false");
+    field(b, "cell", n->cell);
+    coord(b, "lat", n->lat);
+    coord(b, "lon", n->lon);
+    if (n->group_name && n->group_name[0]) {
+        field(b, "group_name", n->group_name);
+    }
+    key(b, "media");
+    put(b, "[", 1);
+    for (size_t i = 0; n->media && i < n->nmedia; i++) {
+        if (i > 0) {
+            put(b, ",", 1);
+        }
+        put_json(b, n->media[i].url);
+    }
+    put(b, "]", 1);
+}
+
 int bb_nj_render(struct bb_nj_buf *b, const struct bb_delivery *d, unsigned flags)
 {
     /* The object starts wherever the buffer ends; "{" resets key()'s comma. */
@@ -136,34 +169,22 @@ int bb_nj_render(struct bb_nj_buf *b, const struct bb_delivery *d, unsigned flag
         field(b, "delivery_id", d->delivery_id);
         field(b, "recipient_kind", d->recipient_kind == BB_RECIPIENT_GROUP ? "group" : "user");
     }
-    const struct bb_notification *n = d->n;
-    if (n) {
-        field(b, "kind", kind_name(n->kind));
-        field(b, "report_id", n->report_id);
-        if (n->kind == BB_KIND_STATUS) {
-            field(b, "status_id", n->status_id);
-        }
-        raw(b, "time_ms", "%" PRId64, n->time_ms);
-        field(b, "category_name", n->category_name);
-        field(b, "urgency", urgency_name(n->urgency));
-        field(b, "title", n->title);
-        field(b, "locale", n->locale);
-        field(b, "text", n->text);
-        field(b, "author", n->anonymous ? "" : n->author);
-        raw(b, "anonymous", "%s", n->anonymous ? "true" : "false");
-        field(b, "cell", n->cell);
-        coord(b, "lat", n->lat);
-        coord(b, "lon", n->lon);
-        if (n->group_name && n->group_name[0]) {
-            field(b, "group_name", n->group_name);
-        }
-        key(b, "media");
+    if (d->n) {
+        notification_fields(b, d->n);
+    }
+    if (d->nitems > 0) {
+        /* A digest: its collected notifications, oldest first. */
+        key(b, "items");
         put(b, "[", 1);
-        for (size_t i = 0; n->media && i < n->nmedia; i++) {
+        for (size_t i = 0; i < d->nitems; i++) {
             if (i > 0) {
                 put(b, ",", 1);
             }
-            put_json(b, n->media[i].url);
+            put(b, "{", 1);
+            if (d->items[i]) {
+                notification_fields(b, d->items[i]);
+            }
+            put(b, "}", 1);
         }
         put(b, "]", 1);
     }

@@ -1,7 +1,10 @@
 /* The file channel: one JSON line per delivery, appended to a file
  * (channel.<inst>.path). For tests, audits and as the smallest example of
  * a plug-in. Each line goes out in one write(2) on an O_APPEND descriptor,
- * optionally followed by fdatasync, before done() reports it sent.
+ * optionally followed by fdatasync, before done() reports it sent. A line
+ * torn by a kill (possible for writes across pages) is ended with a
+ * newline when the file is opened again; readers skip lines that do not
+ * parse.
  *
  * Threads: the host's event-loop thread (every callback). */
 #include <errno.h>
@@ -64,9 +67,20 @@ static int file_init(const struct bb_host_api *host, const struct bb_channel_con
     c->host = host;
     c->sync = (int)cfg->integer(cfg, "fsync");
     snprintf(c->instance, sizeof(c->instance), "%s", cfg->instance);
-    c->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    c->fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
     if (c->fd < 0) {
         snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        host->free(c);
+        return -1;
+    }
+    /* A process killed inside a write of more than a page can leave half a
+     * line: end it, so the next line starts on its own. */
+    char last;
+    off_t end = lseek(c->fd, 0, SEEK_END);
+    if (end > 0 && pread(c->fd, &last, 1, end - 1) == 1 && last != '\n' &&
+        write(c->fd, "\n", 1) != 1) {
+        snprintf(err, errlen, "cannot repair %s: %s", path, strerror(errno));
+        close(c->fd);
         host->free(c);
         return -1;
     }
