@@ -19,7 +19,7 @@
 struct zone {
     char name[64];
     struct bb_tz *tz;
-    int64_t until; /* reload after this (Unix s) */
+    int64_t from, until; /* loaded for this span (Unix s); reloaded outside it */
 };
 
 static struct zone zones[ZONES_MAX];
@@ -36,7 +36,7 @@ static const struct bb_tz *zone_get(const char *name, int64_t now_s)
             z = &zones[i];
         }
     }
-    if (z && now_s < z->until) {
+    if (z && now_s >= z->from && now_s < z->until) {
         return z->tz;
     }
     struct bb_tz *tz = bb_tz_load(name, now_s - 2 * DAY, now_s + 60 * DAY);
@@ -54,6 +54,7 @@ static const struct bb_tz *zone_get(const char *name, int64_t now_s)
         bb_tz_free(z->tz);
     }
     z->tz = tz;
+    z->from = now_s - DAY;
     z->until = now_s + 30 * DAY;
     return tz;
 }
