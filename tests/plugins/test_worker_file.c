@@ -135,6 +135,7 @@ static size_t make_batch(uint8_t *out, size_t cap, const char *report_id, const 
     b.n_recipients = n;
     b.batch_count = 1;
     b.urgency = BB__URGENCY__URGENCY_IN_PROGRESS;
+    b.source_time_ms = bb_now_ms();
     size_t len = bb__delivery_batch__get_packed_size(&b);
     assert_true(len <= cap);
     return bb__delivery_batch__pack(&b, out);
@@ -650,6 +651,9 @@ static void metrics_count_outcomes(void **state)
     assert_non_null(strstr(body, "bb_worker_receipts_total{channel=\"inbox\",outcome=\"ok\"} 6\n"));
     assert_non_null(strstr(body, "bb_worker_dead_batches_total{channel=\"inbox\"} 1\n"));
     assert_non_null(strstr(body, "bb_worker_batches_total{channel=\"inbox\"} 2\n"));
+    /* Six deliveries timed from their report, each well under ten minutes. */
+    assert_non_null(strstr(body, "bb_worker_delivery_seconds_count{channel=\"inbox\"} 6\n"));
+    assert_non_null(strstr(body, "bb_worker_delivery_seconds_bucket{channel=\"inbox\",le=\"600\"} 6\n"));
 }
 
 /* ---- retries, collections and isolation (bb:later) ---------------------------------------- */

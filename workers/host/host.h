@@ -200,6 +200,10 @@ void bb_stream_stop(struct bb_stream *s);
 /* Batches read and not yet acked, plus jobs taken from bb:later. */
 unsigned bb_stream_inflight(const struct bb_stream *s);
 
+/* Upper bounds (ms) of the delivery latency histogram's buckets. */
+#define BB_LATENCY_BUCKETS 14
+extern const double bb_latency_bounds_ms[BB_LATENCY_BUCKETS];
+
 /* What a channel did, for /metrics (event-loop thread). */
 struct bb_stream_stats {
     uint64_t outcome[5]; /* receipts by Outcome: 1 ok, 2 retry, 3 permanent, 4 duplicate */
@@ -210,6 +214,10 @@ struct bb_stream_stats {
     uint64_t collected;      /* deliveries added to a collection (digest) */
     uint64_t gone;           /* addresses removed (unregistered token, hard bounce) */
     uint64_t breaker_opened; /* times the circuit breaker opened */
+    /* Report entering bb:reports -> provider accepted, for deliveries sent
+     * (not collected) from a batch: counts per bucket, the last one +Inf. */
+    uint64_t latency[BB_LATENCY_BUCKETS + 1];
+    double latency_sum_ms;
 };
 const struct bb_stream_stats *bb_stream_stats(const struct bb_stream *s);
 const char *bb_stream_instance(const struct bb_stream *s);

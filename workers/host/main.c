@@ -12,6 +12,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,27 @@ static unsigned inflight(const struct worker *w);
 
 static const char *const outcome_names[5] = {"", "ok", "retry", "permanent", "duplicate"};
 
+/* The per-channel counters of struct bb_stream_stats, as Prometheus names them. */
+static const struct {
+    const char *name, *help;
+    size_t off;
+} channel_counters[] = {
+    {"bb_worker_batches_total", "Batch entries taken, by channel",
+     offsetof(struct bb_stream_stats, batches)},
+    {"bb_worker_dead_batches_total", "Batches sent to bb:dead",
+     offsetof(struct bb_stream_stats, dead_batches)},
+    {"bb_worker_parked_total", "Deliveries whose next try waits in bb:later",
+     offsetof(struct bb_stream_stats, parked)},
+    {"bb_worker_parked_circuit_open_total", "Deliveries parked unsent while the breaker was open",
+     offsetof(struct bb_stream_stats, parked_open)},
+    {"bb_worker_collected_total", "Deliveries added to a collection (digest)",
+     offsetof(struct bb_stream_stats, collected)},
+    {"bb_worker_addresses_gone_total", "Addresses removed after the provider said gone",
+     offsetof(struct bb_stream_stats, gone)},
+    {"bb_worker_breaker_opened_total", "Times the circuit breaker opened",
+     offsetof(struct bb_stream_stats, breaker_opened)},
+};
+
 static void render_metrics(struct evbuffer *b, void *arg)
 {
     struct worker *w = arg;
@@ -57,25 +79,43 @@ static void render_metrics(struct evbuffer *b, void *arg)
                                 (unsigned long long)st->outcome[o]);
         }
     }
-    evbuffer_add_printf(b, "# HELP bb_worker_batches_total Batch entries taken, by channel\n"
-                           "# TYPE bb_worker_batches_total counter\n");
-    for (size_t i = 0; i < w->n; i++) {
-        if (w->streams[i]) {
-            evbuffer_add_printf(b, "bb_worker_batches_total{channel=\"%s\"} %llu\n",
-                                bb_stream_instance(w->streams[i]),
-                                (unsigned long long)bb_stream_stats(w->streams[i])->batches);
+    for (size_t c = 0; c < sizeof(channel_counters) / sizeof(channel_counters[0]); c++) {
+        evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s counter\n", channel_counters[c].name,
+                            channel_counters[c].help, channel_counters[c].name);
+        for (size_t i = 0; i < w->n; i++) {
+            if (w->streams[i]) {
+                const char *st = (const char *)bb_stream_stats(w->streams[i]);
+                evbuffer_add_printf(b, "%s{channel=\"%s\"} %llu\n", channel_counters[c].name,
+                                    bb_stream_instance(w->streams[i]),
+                                    (unsigned long long)*(const uint64_t *)(st +
+                                                                           channel_counters[c].off));
+            }
         }
     }
-    evbuffer_add_printf(b, "# HELP bb_worker_dead_batches_total Batches sent to bb:dead\n"
-                           "# TYPE bb_worker_dead_batches_total counter\n");
+    evbuffer_add_printf(b, "# HELP bb_worker_delivery_seconds From the report entering bb:reports "
+                           "to the provider accepting the delivery\n"
+                           "# TYPE bb_worker_delivery_seconds histogram\n");
     for (size_t i = 0; i < w->n; i++) {
-        if (w->streams[i]) {
-            evbuffer_add_printf(b, "bb_worker_dead_batches_total{channel=\"%s\"} %llu\n",
-                                bb_stream_instance(w->streams[i]),
-                                (unsigned long long)bb_stream_stats(w->streams[i])->dead_batches);
+        if (!w->streams[i]) {
+            continue;
         }
+        const struct bb_stream_stats *st = bb_stream_stats(w->streams[i]);
+        const char *inst = bb_stream_instance(w->streams[i]);
+        uint64_t cum = 0;
+        for (size_t k = 0; k < BB_LATENCY_BUCKETS; k++) {
+            cum += st->latency[k];
+            evbuffer_add_printf(b, "bb_worker_delivery_seconds_bucket{channel=\"%s\",le=\"%g\"} %llu\n",
+                                inst, bb_latency_bounds_ms[k] / 1000.0, (unsigned long long)cum);
+        }
+        cum += st->latency[BB_LATENCY_BUCKETS];
+        evbuffer_add_printf(b,
+                            "bb_worker_delivery_seconds_bucket{channel=\"%s\",le=\"+Inf\"} %llu\n"
+                            "bb_worker_delivery_seconds_sum{channel=\"%s\"} %.3f\n"
+                            "bb_worker_delivery_seconds_count{channel=\"%s\"} %llu\n",
+                            inst, (unsigned long long)cum, inst, st->latency_sum_ms / 1000.0, inst,
+                            (unsigned long long)cum);
     }
-    bb_prom_gauge(b, "bb_worker_inflight", "Batch entries read and not yet acked",
+    bb_prom_gauge(b, "bb_worker_inflight", "Batch entries and jobs taken and not yet finished",
                   (int64_t)inflight(w));
     bb_prom_counter(b, "bb_redis_reconnects_total", "Redis connections lost",
                     atomic_load(&bb_conn_reconnects));

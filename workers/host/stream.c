@@ -559,6 +559,24 @@ static void contact_gone(struct delivery *d, const char *reason)
     }
 }
 
+const double bb_latency_bounds_ms[BB_LATENCY_BUCKETS] = {
+    5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 60000, 600000, 3600000};
+
+static void observe_latency(struct bb_stream *s, const struct delivery *d)
+{
+    int64_t from = d->b->db ? d->b->db->source_time_ms : 0;
+    if (from <= 0) {
+        return; /* a retry or a digest: its wait is not the engine's latency */
+    }
+    double ms = (double)(bb_now_ms() - from);
+    size_t k = 0;
+    while (k < BB_LATENCY_BUCKETS && ms > bb_latency_bounds_ms[k]) {
+        k++;
+    }
+    s->stats.latency[k]++;
+    s->stats.latency_sum_ms += ms < 0 ? 0 : ms;
+}
+
 static void on_sent(void *token, int status, unsigned retry_after_s, const char *reason)
 {
     struct delivery *d = token;
@@ -578,6 +596,7 @@ static void on_sent(void *token, int status, unsigned retry_after_s, const char 
     release_slot(d);
     if (status == BB_SEND_OK) {
         receipt(d, BB__OUTCOME__OUTCOME_OK, reason);
+        observe_latency(s, d);
         finish(d);
         return;
     }
