@@ -110,8 +110,11 @@ channel.push.plugin file
 channel.push.path $tmp/push.jsonl
 channel.inbox.plugin file
 channel.inbox.path $tmp/inbox.jsonl
-channel.digest.plugin file
-channel.digest.path $tmp/digest.jsonl
+channel.digest.plugin smtp
+channel.digest.collect user
+channel.digest.url smtp://127.0.0.1:$sport
+channel.digest.from digest@demo.buurtbus.example
+channel.digest.from_name Buurtpreventie
 channel.email.plugin smtp
 channel.email.url smtp://127.0.0.1:$sport
 channel.email.from meldingen@demo.buurtbus.example
@@ -163,10 +166,21 @@ echo "==> delivered by buurtbus-worker"
 echo "push (file channel):   $(count "$tmp/push.jsonl") deliveries, e.g.:"
 head -1 "$tmp/push.jsonl" 2>/dev/null | cut -c1-220
 echo "inbox (file channel):  $(count "$tmp/inbox.jsonl") deliveries"
-echo "digest (file channel): $(count "$tmp/digest.jsonl") deliveries (collected for the daily e-mail)"
 echo "e-mail (SMTP):         $(ls "$tmp/mail" | wc -l) messages received by the local SMTP server, e.g.:"
 first=$(ls "$tmp/mail" | head -1)
 [ -n "$first" ] && grep -m4 -E '^(Subject|To|List-Unsubscribe|Message-ID):' "$tmp/mail/$first"
+waiting=$(redis-cli -p "$rport" zcard bb:later:digest)
+echo "digest (collected):    $waiting residents have a digest waiting for their own hour"
+who=$(redis-cli -p "$rport" zrange bb:later:digest 0 0)
+if [ -n "$who" ]; then
+  # Bring one resident's hour forward to show the digest e-mail.
+  before=$(ls "$tmp/mail" | wc -l)
+  redis-cli -p "$rport" zadd bb:later:digest 0 "$who" >/dev/null
+  for _ in $(seq 1 50); do [ "$(ls "$tmp/mail" | wc -l)" -gt "$before" ] && break; sleep 0.1; done
+  newest=$(ls -t "$tmp/mail" | head -1)
+  echo "  sent now for resident ${who#c:u}, e.g.:"
+  [ -n "$newest" ] && grep -m2 -E '^(Subject|To):' "$tmp/mail/$newest"
+fi
 echo "receipts: $(redis-cli -p "$rport" xlen bb:receipts)"
 dead=$(redis-cli -p "$rport" xlen bb:dead)
 echo "dead letters: $dead"

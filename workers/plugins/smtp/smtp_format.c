@@ -105,6 +105,7 @@ struct smtp_tmpl {
     const char *update;       /* a STATUS notification */
     const char *status[8];    /* by Status number (proto/report.proto) */
     const char *digest_count; /* printf: number of reports */
+    const char *digest_title; /* printf: the subject of a digest without a title */
     const char *why;          /* footer: why you get this */
     const char *unsubscribe;
 };
@@ -121,6 +122,7 @@ static const struct smtp_tmpl tmpl_nl = {
     .status = {"", "Ontvangen", "In onderzoek", "Politie ter plaatse", "Verdachte aangehouden",
                "Opgelost", "Loos alarm", "Afgesloten"},
     .digest_count = "%zu meldingen",
+    .digest_title = "Uw buurtoverzicht: %zu meldingen",
     .why = "U ontvangt dit bericht omdat u meedoet aan buurtpreventie in deze buurt.",
     .unsubscribe = "Afmelden",
 };
@@ -137,6 +139,7 @@ static const struct smtp_tmpl tmpl_en = {
     .status = {"", "Received", "Under investigation", "Police on site", "Suspect arrested",
                "Resolved", "False alarm", "Closed"},
     .digest_count = "%zu reports",
+    .digest_title = "Your neighbourhood digest: %zu reports",
     .why = "You receive this message because you take part in neighbourhood watch here.",
     .unsubscribe = "Unsubscribe",
 };
@@ -447,7 +450,12 @@ static void subject_str(struct sbuf *s, const struct smtp_tmpl *t, const struct 
     const char *urg = n->urgency >= 0 && n->urgency < 4 ? t->urgency[n->urgency] : "";
 
     if (d->nitems > 0 || n->kind == BB_KIND_DIGEST) {
-        sb_printf(s, PICT_DIGEST " %s", n->title);
+        if (n->title[0]) {
+            sb_printf(s, PICT_DIGEST " %s", n->title);
+        } else {
+            sb_printf(s, PICT_DIGEST " ");
+            sb_printf(s, t->digest_title, d->nitems);
+        }
         return;
     }
     if (n->kind == BB_KIND_STATUS) {
