@@ -1,11 +1,13 @@
 /* A test plug-in for the host's HTTP helper: POSTs each delivery id to
  * channel.<inst>.url and maps the answer to an outcome the way real
  * channels do (2xx ok, 429/5xx retry with Retry-After, 404/410 gone,
- * other 4xx permanent, no response retry).
+ * other 4xx permanent, no response retry); an X-Error response header
+ * becomes the reason.
  *
  * Threads: the host's event-loop thread. */
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "buurtbus/channel.h"
 
@@ -57,6 +59,12 @@ static void on_response(void *arg, const struct bb_http_response *res)
                                                             : BB_SEND_PERMANENT;
         if (status == BB_SEND_GONE) {
             snprintf(reason, sizeof(reason), "unregistered");
+        }
+        /* The provider's own word for it, from a response header. */
+        for (size_t i = 0; i < res->nheaders; i++) {
+            if (strcasecmp(res->headers[i].name, "X-Error") == 0) {
+                snprintf(reason, sizeof(reason), "%s", res->headers[i].value);
+            }
         }
     }
     unsigned after = res->retry_after_s > 0 ? (unsigned)res->retry_after_s : 0;

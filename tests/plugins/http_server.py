@@ -1,6 +1,7 @@
 """Test HTTP endpoint for the httptest plug-in: writes its port to argv[1],
 appends each accepted delivery id to argv[2]. Recipient 2: 410 always;
-3: 503 with Retry-After: 1 on the first try; 4: 400; others: 200.
+3: 503 with Retry-After: 1 on the first try; 4: 400 with X-Error: bad_token;
+others: 200.
 Listens on $BB_STAND_IN_PORT if set, else on a port of its own."""
 import http.server
 import os
@@ -21,6 +22,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Retry-After", "1")
         elif rcpt == "4":
             self.send_response(400)
+            self.send_header("X-Error", "bad_token")
         else:
             with open(sys.argv[2], "a") as f:
                 f.write(body + "\n")

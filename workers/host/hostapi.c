@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bb_conn.h"
 #include "bb_err.h"
@@ -47,8 +48,14 @@ struct xfer {
     char *body;
     size_t len, cap;
     long retry_after_s;
+    /* The last response's header lines, "name\0value\0" each. */
+    char *hdr;
+    size_t hlen, hcap;
+    unsigned nhdr;
     char errbuf[CURL_ERROR_SIZE];
 };
+
+#define MAX_HEADERS 64
 
 /* Per socket curl watches. */
 struct sock {
@@ -98,6 +105,7 @@ static void xfer_free(struct xfer *x)
     }
     curl_slist_free_all(x->headers);
     free(x->body);
+    free(x->hdr);
     free(x);
 }
 
@@ -151,6 +159,16 @@ static void check_done(struct bb_host *h)
             res.body = x->body ? x->body : "";
             res.body_len = x->len;
             res.retry_after_s = x->retry_after_s;
+            struct bb_http_header hv[MAX_HEADERS];
+            const char *q = x->hdr;
+            for (unsigned i = 0; i < x->nhdr; i++) {
+                hv[i].name = q;
+                q += strlen(q) + 1;
+                hv[i].value = q;
+                q += strlen(q) + 1;
+            }
+            res.headers = hv;
+            res.nheaders = x->nhdr;
             x->http_done(x->arg, &res);
         }
         xfer_free(x);
@@ -248,20 +266,69 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
     return len;
 }
 
-static size_t on_header(char *p, size_t size, size_t n, void *arg)
+/* Keeps "name: value" (trimmed) for the response; a status line starts a
+ * new response (after 100 Continue or a redirect). */
+static void keep_header(struct xfer *x, const char *p, size_t len)
 {
-    struct xfer *x = arg;
-    size_t len = size * n;
-    if (len > 12 && strncasecmp(p, "retry-after:", 12) == 0) {
-        const char *v = p + 12;
-        while (v < p + len && isspace((unsigned char)*v)) {
-            v++;
+    if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) {
+        x->hlen = 0;
+        x->nhdr = 0;
+        x->retry_after_s = -1;
+        return;
+    }
+    const char *colon = memchr(p, ':', len);
+    if (!colon || colon == p || x->nhdr == MAX_HEADERS) {
+        return;
+    }
+    const char *v = colon + 1, *end = p + len;
+    while (v < end && (*v == ' ' || *v == '\t')) {
+        v++;
+    }
+    while (end > v && isspace((unsigned char)end[-1])) {
+        end--;
+    }
+    size_t nlen = (size_t)(colon - p), vlen = (size_t)(end - v), need = x->hlen + nlen + vlen + 2;
+    if (need > 65536) {
+        return;
+    }
+    if (need > x->hcap) {
+        size_t cap = x->hcap ? x->hcap * 2 : 1024;
+        while (cap < need) {
+            cap *= 2;
         }
-        /* Seconds only; an HTTP date falls back to the host's backoff. */
-        if (v < p + len && isdigit((unsigned char)*v)) {
-            x->retry_after_s = strtol(v, NULL, 10);
+        char *nh = realloc(x->hdr, cap);
+        if (!nh) {
+            return;
+        }
+        x->hdr = nh;
+        x->hcap = cap;
+    }
+    memcpy(x->hdr + x->hlen, p, nlen);
+    x->hdr[x->hlen + nlen] = '\0';
+    memcpy(x->hdr + x->hlen + nlen + 1, v, vlen);
+    x->hdr[x->hlen + nlen + 1 + vlen] = '\0';
+    x->hlen = need;
+    x->nhdr++;
+    if (nlen == 11 && strncasecmp(p, "retry-after", 11) == 0) {
+        char val[64];
+        snprintf(val, sizeof(val), "%.*s", (int)(vlen < 63 ? vlen : 63), v);
+        if (isdigit((unsigned char)val[0])) {
+            x->retry_after_s = strtol(val, NULL, 10);
+        } else {
+            /* An HTTP date: seconds from now. */
+            time_t t = curl_getdate(val, NULL);
+            time_t now = time(NULL);
+            if (t > 0) {
+                x->retry_after_s = t > now ? (long)(t - now) : 0;
+            }
         }
     }
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *arg)
+{
+    size_t len = size * n;
+    keep_header(arg, p, len);
     return len;
 }
 

@@ -1361,7 +1361,9 @@ static void on_job(void *arg, const struct bb_later_job *job)
             .time_ms = b->pd->due_ms,
             .category_name = "",
             .urgency = urgency,
-            .locale = "nl",
+            /* A user's language comes with the contact; a group's posts are
+             * in the language its reports were rendered in. */
+            .locale = b->items[0]->locale[0] ? b->items[0]->locale : "nl",
             .title = "",
             .text = "",
             .author = "",
