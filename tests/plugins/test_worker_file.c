@@ -563,7 +563,7 @@ static void http_outcomes(void **state)
         gone += rec->outcome == BB__OUTCOME__OUTCOME_PERMANENT &&
                 strcmp(rec->reason, "unregistered") == 0;
         perm +=
-            rec->outcome == BB__OUTCOME__OUTCOME_PERMANENT && strcmp(rec->reason, "http_400") == 0;
+            rec->outcome == BB__OUTCOME__OUTCOME_PERMANENT && strcmp(rec->reason, "bad_token") == 0;
         bb__receipt__free_unpacked(rec, NULL);
     }
     freeReplyObject(r);
