@@ -180,6 +180,8 @@ int bb_later_flushed(struct bb_later *l, const char *member, int64_t next_due_ms
 int64_t bb_next_local_hour_ms(const char *tz, unsigned hour, bool weekly, int64_t now_ms);
 /* The next multiple of every_ms after now_ms. */
 int64_t bb_next_interval_ms(int64_t every_ms, int64_t now_ms);
+/* UTC offset (s) of zone tz at unix_s ("" or unknown: Europe/Amsterdam). */
+int32_t bb_utc_offset_s(const char *tz, int64_t unix_s);
 void bb_schedule_cleanup(void);
 
 /* ---- stream.c ---------------------------------------------------------------------------- */

@@ -471,6 +471,11 @@ static int host_redis(struct bb_host *h, bb_redis_done_fn *done, void *arg, int 
 
 /* ---- the host ---------------------------------------------------------------------------- */
 
+static int32_t host_utc_offset_s(struct bb_host *h, const char *tz, int64_t unix_s)
+{
+    return bb_utc_offset_s(tz ? tz : "", unix_s);
+}
+
 struct bb_host *bb_host_new(struct event_base *base, struct bb_conn *commands, long http_timeout_ms)
 {
     struct bb_host *h = calloc(1, sizeof(*h));
@@ -505,6 +510,7 @@ struct bb_host *bb_host_new(struct event_base *base, struct bb_conn *commands, l
         .http = host_http,
         .curl = host_curl,
         .redis = host_redis,
+        .utc_offset_s = host_utc_offset_s,
     };
     return h;
 

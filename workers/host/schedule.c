@@ -1,5 +1,6 @@
 /* When a collection is sent: at a user's digest hour in their own time
- * zone (daily, or weekly on Monday), or every fixed interval.
+ * zone (daily, or weekly on Monday), or every fixed interval. Also the
+ * zone offsets plug-ins get (host->utc_offset_s) to show local times.
  *
  * Zones are loaded once per name (common/tz.c) over a window of weeks and
  * reloaded when time runs past it.
@@ -65,6 +66,12 @@ void bb_schedule_cleanup(void)
         bb_tz_free(zones[i].tz);
     }
     nzones = 0;
+}
+
+int32_t bb_utc_offset_s(const char *tzname, int64_t unix_s)
+{
+    const struct bb_tz *tz = zone_get(tzname, unix_s);
+    return tz ? bb_tz_offset_s(tz, unix_s) : 0;
 }
 
 static int64_t floor_div(int64_t a, int64_t b)

@@ -768,6 +768,7 @@ static void on_contact(struct bb_conn *c, redisReply *r, void *priv)
     d->contact.push_platform = d->fields[2];
     d->contact.locale = d->fields[3];
     d->contact.screen_name = d->fields[4];
+    d->contact.time_zone = d->fields[5];
     next_step(d);
 }
 
@@ -1000,6 +1001,7 @@ static int delivery_init(struct batch *b, struct delivery *d, const char *key, u
     d->contact.email = d->contact.push_token = d->contact.push_platform = "";
     d->contact.locale = "nl";
     d->contact.screen_name = "";
+    d->contact.time_zone = "";
     d->pub.struct_size = sizeof(d->pub);
     d->pub.delivery_id = d->id;
     d->pub.recipient = recipient;

@@ -97,6 +97,8 @@ struct bb_contact {
     const char *screen_name;
     const char *unsubscribe_url;
     const char *endpoint;      /* per-recipient target (e.g. a group's account or webhook) */
+    const char *time_zone;     /* the reader's IANA zone ("" unknown); times are shown in it
+                                  (host->utc_offset_s). Check BB_HAS_FIELD before reading. */
 };
 
 /* One delivery: one notification to one recipient on this channel. */
@@ -197,7 +199,10 @@ struct bb_host_api {
      * Redis, such as the in-app inbox). done may be NULL. */
     int (*redis)(struct bb_host *host, bb_redis_done_fn *done, void *arg, int argc,
                  const char **argv, const size_t *argvlen);
-    void *reserved[8];
+    /* UTC offset in seconds of the IANA zone tz at unix_s, from the host's
+     * zone data ("" or unknown: Europe/Amsterdam). Check BB_HAS_FIELD. */
+    int32_t (*utc_offset_s)(struct bb_host *host, const char *tz, int64_t unix_s);
+    void *reserved[7];
 };
 
 /* ---- a plug-in's configuration ------------------------------------------------------------- */

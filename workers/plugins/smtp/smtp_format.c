@@ -8,6 +8,7 @@
  * HMAC of the delivery id (which ends in the user id), and the
  * List-Unsubscribe link an HMAC token of the recipient. */
 #include <stdio.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 
@@ -411,16 +412,18 @@ static const char *reporter(const struct smtp_tmpl *t, const struct bb_notificat
     return n->author;
 }
 
-static void when_str(const struct bb_notification *n, char *buf, size_t cap)
+/* The reader's local time: off is the zone's UTC offset then, or INT32_MIN
+ * when the host cannot tell (then UTC, said so). */
+static void when_str(const struct bb_notification *n, int32_t off, char *buf, size_t cap)
 {
-    time_t secs = (time_t)(n->time_ms / 1000);
+    time_t secs = (time_t)(n->time_ms / 1000) + (off == INT32_MIN ? 0 : off);
     struct tm tm;
 
     buf[0] = '\0';
     if (n->time_ms <= 0 || gmtime_r(&secs, &tm) == NULL) {
         return;
     }
-    strftime(buf, cap, "%Y-%m-%d %H:%M UTC", &tm);
+    strftime(buf, cap, off == INT32_MIN ? "%Y-%m-%d %H:%M UTC" : "%Y-%m-%d %H:%M", &tm);
 }
 
 static void where_str(const struct bb_notification *n, char *buf, size_t cap)
@@ -466,13 +469,14 @@ static void subject_str(struct sbuf *s, const struct smtp_tmpl *t, const struct 
 }
 
 /* One notification as plain text (CRLF lines). */
-static void item_text(struct sbuf *b, const struct smtp_tmpl *t, const struct bb_notification *n)
+static void item_text(struct sbuf *b, const struct smtp_tmpl *t, const struct bb_notification *n,
+                      int32_t off)
 {
     char when[64];
     char where[512];
     const char *urg = n->urgency >= 0 && n->urgency < 4 ? t->urgency[n->urgency] : "";
 
-    when_str(n, when, sizeof(when));
+    when_str(n, off, when, sizeof(when));
     where_str(n, where, sizeof(where));
     sb_printf(b, "%s %s%s", pictogram(n->category), urg, urg[0] != '\0' ? ": " : "");
     sb_text(b, n->title);
@@ -506,14 +510,15 @@ static void item_text(struct sbuf *b, const struct smtp_tmpl *t, const struct bb
     }
 }
 
-static void item_html(struct sbuf *b, const struct smtp_tmpl *t, const struct bb_notification *n)
+static void item_html(struct sbuf *b, const struct smtp_tmpl *t, const struct bb_notification *n,
+                      int32_t off)
 {
     char when[64];
     char where[512];
     const char *urg = n->urgency >= 0 && n->urgency < 4 ? t->urgency[n->urgency] : "";
     const char *label = n->category_name != NULL ? n->category_name : "";
 
-    when_str(n, when, sizeof(when));
+    when_str(n, off, when, sizeof(when));
     where_str(n, where, sizeof(where));
     sb_puts(b, "<div style=\"margin:0 0 24px 0\">\r\n<p style=\"font-size:40px;margin:0\">"
                "<span role=\"img\" aria-label=\"");
@@ -633,6 +638,21 @@ static void footer_html(struct sbuf *b, const struct smtp_tmpl *t, const char *u
     sb_puts(b, "</p>\r\n");
 }
 
+/* The reader's zone offset at n's time, INT32_MIN if the host cannot say. */
+static int32_t local_offset(const struct bb_host_api *host, const struct bb_delivery *d,
+                            const struct bb_notification *n)
+{
+    const char *tz = "";
+    if (d->contact && BB_HAS_FIELD(d->contact, struct bb_contact, time_zone) &&
+        d->contact->time_zone) {
+        tz = d->contact->time_zone;
+    }
+    if (!BB_HAS_FIELD(host, struct bb_host_api, utc_offset_s) || !host->utc_offset_s) {
+        return INT32_MIN;
+    }
+    return host->utc_offset_s(host->host, tz, n->time_ms / 1000);
+}
+
 int smtp_render(const struct smtp_ctx *ctx, const struct bb_delivery *d, int64_t now, char **out,
                 size_t *outlen)
 {
@@ -685,12 +705,13 @@ int smtp_render(const struct smtp_ctx *ctx, const struct bb_delivery *d, int64_t
             if (i > 0) {
                 sb_puts(&text, "\r\n----------------------------------------\r\n\r\n");
             }
-            item_text(&text, t, d->items[i]);
-            item_html(&html, t, d->items[i]);
+            int32_t off = local_offset(host, d, d->items[i]);
+            item_text(&text, t, d->items[i], off);
+            item_html(&html, t, d->items[i], off);
         }
     } else {
-        item_text(&text, t, n);
-        item_html(&html, t, n);
+        item_text(&text, t, n, local_offset(host, d, n));
+        item_html(&html, t, n, local_offset(host, d, n));
     }
     footer_text(&text, t, unsub.p != NULL ? unsub.p : "");
     footer_html(&html, t, unsub.p != NULL ? unsub.p : "");

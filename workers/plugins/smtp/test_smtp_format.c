@@ -68,6 +68,12 @@ static int host_curl(struct bb_host *host, void *easy, bb_curl_done_fn *done, vo
     return 0;
 }
 
+/* A host that knows one zone: Europe/Amsterdam, UTC+1 in November. */
+static int32_t host_offset(struct bb_host *host, const char *tz, int64_t t)
+{
+    return strcmp(tz, "Europe/Amsterdam") == 0 ? 3600 : 0;
+}
+
 static struct bb_host_api host_api = {
     .struct_size = sizeof(struct bb_host_api),
     .abi_version = BB_CHANNEL_ABI_VERSION,
@@ -76,6 +82,7 @@ static struct bb_host_api host_api = {
     .free = free,
     .log = host_log,
     .curl = host_curl,
+    .utc_offset_s = host_offset,
 };
 
 static const struct bb_channel *channel;
@@ -374,6 +381,20 @@ static void *ctx_default(void)
 
 /* ---- format() cases ------------------------------------------------------------------------- */
 
+/* The time in the reader's own zone, from the host's zone data. */
+static void test_local_time(void **state)
+{
+    void *ctx = ctx_default();
+    struct bb_notification n = note();
+    struct bb_contact c = contact("lezer@example.net", "nl");
+    c.time_zone = "Europe/Amsterdam";
+    struct bb_delivery d = delivery(&n, &c);
+    struct parsed p = render(ctx, &d);
+    assert_non_null(strstr(p.text, "Wanneer: 2025-11-28 16:31\r\n"));
+    parsed_free(&p);
+    channel->destroy(ctx);
+}
+
 static void test_headers(void **state)
 {
     void *ctx = ctx_default();
@@ -411,7 +432,8 @@ static void test_headers(void **state)
     assert_non_null(strstr(p.text, "\xf0\x9f\x94\xa5 NU BEZIG: Brand in de Kerkstraat"));
     assert_non_null(strstr(p.html, "\xf0\x9f\x94\xa5"));
     assert_non_null(strstr(p.text, "Waar: Kerkbuurt (u173zq)"));
-    assert_non_null(strstr(p.text, "Wanneer: 2025-11-28 15:31 UTC"));
+    /* The reader's zone is unknown, which this host puts at UTC+0. */
+    assert_non_null(strstr(p.text, "Wanneer: 2025-11-28 15:31\r\n"));
     assert_non_null(strstr(p.text, "Gemeld door: Buurvrouw_K"));
     assert_non_null(strstr(p.text, "Rook uit de schuur achter nummer 12.\r\nBrandweer"));
     assert_non_null(strstr(p.html, "<a href=\"https://media.example.org/r/abc/1.jpg\">"));
@@ -839,7 +861,8 @@ static void test_send_bad_password(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_headers),       cmocka_unit_test(test_same_delivery_same_ids),
+        cmocka_unit_test(test_headers),
+        cmocka_unit_test(test_local_time),       cmocka_unit_test(test_same_delivery_same_ids),
         cmocka_unit_test(test_locales),       cmocka_unit_test(test_anonymous),
         cmocka_unit_test(test_html_escaping), cmocka_unit_test(test_subject_2047),
         cmocka_unit_test(test_long_lines),    cmocka_unit_test(test_digest),
