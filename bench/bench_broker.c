@@ -35,10 +35,9 @@
 #include "popgen.h"
 #include "report.pb-c.h"
 #include "snapshot.h"
+#include "stats.h"
 
 #define NSTREAMS 5
-#define HIST_SUB 64 /* sub-buckets per power of two: < 1.6 % error */
-#define HIST_POW 40
 
 static const char *const out_streams[NSTREAMS] = {"bb:out:push", "bb:out:email", "bb:out:inbox",
                                                   "bb:out:digest", "bb:out:social"};
@@ -54,64 +53,14 @@ struct opts {
     int broker_pid;
 };
 
-/* ---- latency histogram (log-linear, microseconds) ---------------------------------------- */
-
-struct hist {
-    uint64_t b[HIST_POW][HIST_SUB];
-    uint64_t n, max;
-};
-
-/* Values below 64 us are exact; above, 32 sub-buckets per power of two
- * (at most ~3 % high). */
-static void hist_add(struct hist *h, uint64_t us)
-{
-    unsigned p = 0, sub = (unsigned)us;
-    if (us >= HIST_SUB) {
-        p = (63u - (unsigned)__builtin_clzll(us)) - 5;
-        sub = (unsigned)(us >> p);
-    }
-    if (p >= HIST_POW) {
-        p = HIST_POW - 1;
-        sub = HIST_SUB - 1;
-    }
-    h->b[p][sub]++;
-    h->n++;
-    if (us > h->max) {
-        h->max = us;
-    }
-}
-
-/* The q-quantile in microseconds (upper edge of its bucket). */
-static double hist_pct(const struct hist *h, double q)
-{
-    uint64_t want = (uint64_t)ceil(q * (double)h->n), seen_n = 0;
-    for (unsigned p = 0; p < HIST_POW; p++) {
-        for (unsigned s = 0; s < HIST_SUB; s++) {
-            seen_n += h->b[p][s];
-            if (h->n && seen_n >= want && h->b[p][s]) {
-                double edge = p ? (double)((((uint64_t)s + 1) << p) - 1) : (double)s;
-                return edge < (double)h->max ? edge : (double)h->max;
-            }
-        }
-    }
-    return (double)h->max;
-}
-
 /* ---- shared state ------------------------------------------------------------------------ */
 
 static int64_t *intended_us; /* by report sequence number */
 static _Atomic uint8_t *seen;
 static atomic_ulong got_reports, got_deliveries, got_batches, got_bytes;
 static atomic_bool stop_reader;
-static struct hist lat;
+static struct bb_hist lat;
 static pthread_mutex_t lat_mu = PTHREAD_MUTEX_INITIALIZER;
-
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 static redisContext *connect_or_die(const char *addr)
 {
@@ -137,7 +86,7 @@ static int load_one(void *arg, const Bb__DirectoryEvent *ev, char *why, size_t w
     struct loader *l = arg;
     int rc = bb_store_batch_add(l->b, ev, l->n, why, whylen);
     if (++l->n % 50000 == 0) {
-        double s = (double)(now_us() - l->t0) / 1e6;
+        double s = (double)(bb_bench_now_us() - l->t0) / 1e6;
         fprintf(stderr, "\rloading: %" PRIu64 " / ~%" PRIu64 " changes, %.0f/s   ", l->n, l->total,
                 (double)l->n / s);
     }
@@ -151,14 +100,14 @@ static int cmd_load(const struct opts *o)
     pg_params_default(&pp);
     pp.users = o->users;
     pp.seed = o->seed;
-    int64_t t0 = now_us();
+    int64_t t0 = bb_bench_now_us();
     if (pg_generate(&pp, &pop) != BB_OK) {
         fprintf(stderr, "bench_broker: out of memory generating %u users\n", o->users);
         return 1;
     }
     redisContext *c = connect_or_die(o->redis);
     struct loader l = {bb_store_batch_new(c, 512, NULL, NULL), 0,
-                       pop.nusers + pop.ngroups + pop.nmembers, now_us()};
+                       pop.nusers + pop.ngroups + pop.nmembers, bb_bench_now_us()};
     char why[256] = "";
     int rc = pg_emit(&pop, false, load_one, &l, why, sizeof(why));
     if (rc == BB_OK) {
@@ -167,7 +116,7 @@ static int cmd_load(const struct opts *o)
     struct bb_store_stats st;
     bb_store_batch_stats(l.b, &st);
     fprintf(stderr, "\n");
-    double s = (double)(now_us() - t0) / 1e6;
+    double s = (double)(bb_bench_now_us() - t0) / 1e6;
     printf("loaded %u users, %u groups, %zu memberships: %" PRIu64 " changes (%" PRIu64
            " refused) in %.1f s\n",
            pop.nusers, pop.ngroups, pop.nmembers, st.applied, st.rejected, s);
@@ -199,7 +148,7 @@ static void *reader_main(void *arg)
             redisCommand(c, "XREAD COUNT 2000 BLOCK 200 STREAMS %s %s %s %s %s %s %s %s %s %s",
                          out_streams[0], out_streams[1], out_streams[2], out_streams[3],
                          out_streams[4], last[0], last[1], last[2], last[3], last[4]);
-        int64_t t = now_us();
+        int64_t t = bb_bench_now_us();
         if (!r) {
             fprintf(stderr, "bench_broker: reader: %s\n", c->errstr);
             break;
@@ -228,7 +177,7 @@ static void *reader_main(void *arg)
                     seq < (unsigned long long)(o->rate * o->duration * 2 + 16) &&
                     atomic_exchange(&seen[seq], 1) == 0 && intended_us[seq]) {
                     pthread_mutex_lock(&lat_mu);
-                    hist_add(&lat, (uint64_t)(t - intended_us[seq] > 0 ? t - intended_us[seq] : 0));
+                    bb_hist_add(&lat, (uint64_t)(t - intended_us[seq] > 0 ? t - intended_us[seq] : 0));
                     pthread_mutex_unlock(&lat_mu);
                     atomic_fetch_add(&got_reports, 1);
                 }
@@ -239,42 +188,6 @@ static void *reader_main(void *arg)
     }
     redisFree(c);
     return NULL;
-}
-
-static double cpu_seconds(int pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        return -1;
-    }
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    unsigned long ut = 0, st = 0;
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) {
-        return -1;
-    }
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static long rss_kb(int pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/%d/status", pid);
-    FILE *f = fopen(path, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof(line), f)) {
-        if (sscanf(line, "VmRSS: %ld", &kb) == 1) {
-            break;
-        }
-    }
-    if (f) {
-        fclose(f);
-    }
-    return kb;
 }
 
 static long long used_memory(redisContext *c)
@@ -305,7 +218,7 @@ static int cmd_run(const struct opts *o)
     seen = calloc(max, 1);
     redisContext *c = connect_or_die(o->redis);
     long long mem0 = used_memory(c);
-    double cpu0 = o->broker_pid ? cpu_seconds(o->broker_pid) : -1;
+    double cpu0 = o->broker_pid ? bb_bench_cpu_seconds(o->broker_pid) : -1;
     pthread_t reader;
     pthread_create(&reader, NULL, reader_main, (void *)o);
     usleep(100 * 1000);
@@ -315,11 +228,11 @@ static int cmd_run(const struct opts *o)
     Bb__Media media, *media_list[1];
     struct pg_report pr = {.rep = &rep};
     uint8_t *buf = malloc(1 << 16);
-    int64_t start = now_us(), next = start;
+    int64_t start = bb_bench_now_us(), next = start;
     uint64_t sent = 0, pending = 0;
     int64_t end = start + (int64_t)(o->duration * 1e6);
     while (next < end && sent < max) {
-        int64_t t = now_us();
+        int64_t t = bb_bench_now_us();
         if (t < next) {
             if (pending) { /* use the wait to collect replies */
                 redisReply *r;
@@ -371,7 +284,7 @@ static int cmd_run(const struct opts *o)
         freeReplyObject(r);
         pending--;
     }
-    double send_s = (double)(now_us() - start) / 1e6;
+    double send_s = (double)(bb_bench_now_us() - start) / 1e6;
     /* Let the tail drain: up to 10 s after the last report. */
     for (int i = 0; i < 100 && atomic_load(&got_reports) < sent; i++) {
         unsigned long before = atomic_load(&got_deliveries);
@@ -380,16 +293,16 @@ static int cmd_run(const struct opts *o)
             break; /* nothing more is coming: the rest reached nobody */
         }
     }
-    double total_s = (double)(now_us() - start) / 1e6;
+    double total_s = (double)(bb_bench_now_us() - start) / 1e6;
     atomic_store(&stop_reader, true);
     pthread_join(reader, NULL);
-    double cpu = o->broker_pid ? cpu_seconds(o->broker_pid) - cpu0 : -1;
+    double cpu = o->broker_pid ? bb_bench_cpu_seconds(o->broker_pid) - cpu0 : -1;
     long long mem1 = used_memory(c);
-    long rss = o->broker_pid ? rss_kb(o->broker_pid) : -1;
+    long rss = o->broker_pid ? bb_bench_rss_kb(o->broker_pid, 0) : -1;
 
     unsigned long dl = atomic_load(&got_deliveries), rp = atomic_load(&got_reports);
-    double p50 = hist_pct(&lat, 0.50) / 1000, p99 = hist_pct(&lat, 0.99) / 1000,
-           p999 = hist_pct(&lat, 0.999) / 1000, mx = (double)lat.max / 1000;
+    double p50 = bb_hist_pct(&lat, 0.50) / 1000, p99 = bb_hist_pct(&lat, 0.99) / 1000,
+           p999 = bb_hist_pct(&lat, 0.999) / 1000, mx = (double)lat.max / 1000;
     double dps = dl / send_s;
     double bpd = dl ? (double)atomic_load(&got_bytes) / dl : 0;
     double mpd = dl && mem0 >= 0 ? (double)(mem1 - mem0) / dl : 0;
