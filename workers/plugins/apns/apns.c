@@ -18,7 +18,7 @@
  * the delivery id (SHA-256, RFC 9562 version 8), apns-topic, and
  * apns-expiration from the report's time and urgency.
  *
- * Outcomes: 200 sent; 410 Unregistered and 400 BadDeviceToken gone; 429
+ * Outcomes: 2xx sent; 410 Unregistered and 400 BadDeviceToken gone; 429
  * retried with Retry-After; 403 provider-token errors renew and retry; 5xx
  * and transport errors retried; other 4xx permanent with Apple's reason in
  * snake case ("device_token_not_for_topic").
@@ -268,7 +268,7 @@ static void on_response(void *arg, const struct bb_http_response *res)
     struct apns_ctx *c = op->c;
     char apple[64], reason[48];
     long s = res->status;
-    if (s == 200) {
+    if (s >= 200 && s < 300) {
         finish(op, BB_SEND_OK, 0, "");
         return;
     }

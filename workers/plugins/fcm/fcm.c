@@ -255,7 +255,7 @@ static void on_send_response(void *arg, const struct bb_http_response *res)
     struct fcm_op *op = arg;
     struct fcm_ctx *c = op->c;
     char reason[48];
-    if (res->status == 200) {
+    if (res->status >= 200 && res->status < 300) {
         finish(op, BB_SEND_OK, 0, "");
         return;
     }
