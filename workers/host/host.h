@@ -77,6 +77,7 @@ struct bb_worker_config {
     int64_t max_payload;
     int64_t shutdown_grace_ms;
     int64_t http_timeout_ms;
+    int64_t max_host_connections;
     char *metrics_addr;
     /* Filled by bb_worker_config_load, not options of their own. */
     struct bb_chan_conf *chans;
@@ -122,7 +123,7 @@ void bb_plugin_config_free(struct bb_channel_config *cfg);
 /* The services plug-ins get: allocator, log, HTTP and libcurl on the
  * loop (curl multi-socket), Redis on the host's command connection. */
 struct bb_host *bb_host_new(struct event_base *base, struct bb_conn *commands,
-                            long http_timeout_ms);
+                            long http_timeout_ms, long max_host_connections);
 void bb_host_free(struct bb_host *h);
 /* Drops every transfer still running without calling its done (before the
  * plug-ins are destroyed: their easy handles leave the multi handle first). */

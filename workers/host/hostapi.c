@@ -476,7 +476,8 @@ static int32_t host_utc_offset_s(struct bb_host *h, const char *tz, int64_t unix
     return bb_utc_offset_s(tz ? tz : "", unix_s);
 }
 
-struct bb_host *bb_host_new(struct event_base *base, struct bb_conn *commands, long http_timeout_ms)
+struct bb_host *bb_host_new(struct event_base *base, struct bb_conn *commands, long http_timeout_ms,
+                            long max_host_connections)
 {
     struct bb_host *h = calloc(1, sizeof(*h));
     if (!h) {
@@ -498,6 +499,9 @@ struct bb_host *bb_host_new(struct event_base *base, struct bb_conn *commands, l
     curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
     curl_multi_setopt(h->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    /* More transfers to one host wait for a connection (HTTP/2 multiplexes
+     * them on one; SMTP takes one per message). */
+    curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host_connections);
     h->api = (struct bb_host_api){
         .struct_size = sizeof(struct bb_host_api),
         .abi_version = BB_CHANNEL_ABI_VERSION,

@@ -372,7 +372,8 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    w.host = bb_host_new(w.base, w.commands, (long)w.cfg.http_timeout_ms);
+    w.host = bb_host_new(w.base, w.commands, (long)w.cfg.http_timeout_ms,
+                         (long)w.cfg.max_host_connections);
     if (!w.host) {
         bb_error("cannot start libcurl", NULL);
         goto out;

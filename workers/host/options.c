@@ -81,6 +81,9 @@ static const struct bb_opt worker_opts[] = {
         "host:port for /metrics, /healthz, /readyz; empty: off"),
     OPT("http_timeout", BB_OPT_DURATION_MS, http_timeout_ms, "10s", 100, 600000,
         "default timeout of a plug-in's HTTP request"),
+    OPT("max_host_connections", BB_OPT_INT, max_host_connections, "16", 1, 10000,
+        "connections per provider host; more transfers wait (HTTP/2 multiplexes on one, SMTP "
+        "needs one per message in flight)"),
 };
 static const size_t worker_nopts = sizeof(worker_opts) / sizeof(worker_opts[0]);
 
