@@ -2,17 +2,30 @@
  * the smtp plug-in's tests and the e-mail benchmarks.
  *
  * One thread, one libevent loop, one bufferevent per connection. It speaks
- * what libcurl needs (EHLO/HELO, AUTH PLAIN/LOGIN, MAIL, RCPT, DATA with
- * dot-unstuffing, RSET, NOOP, QUIT) and answers pipelined commands in
- * order. Messages are written to a directory (<n>.eml, envelope prepended
- * as X-Envelope-From/To) or only counted. Failures for tests: --reject-rcpt
- * answers 550 to matching recipients (hard bounce), --fail-rate N answers
- * 451 to every Nth message (transient). SIGTERM/SIGINT print one stats
- * line on stdout and exit.
+ * what libcurl needs (EHLO/HELO, STARTTLS, AUTH PLAIN/LOGIN, MAIL, RCPT,
+ * DATA with dot-unstuffing, RSET, NOOP, QUIT) and answers pipelined
+ * commands in order. Messages are written to a directory (<n>.eml, envelope
+ * prepended as X-Envelope-From/To) or only counted. Failures for tests:
+ * --reject-rcpt answers 550 to matching recipients (hard bounce),
+ * --fail-rate N answers 451 to every Nth message (transient). SIGTERM/SIGINT
+ * print one stats line on stdout and exit.
+ *
+ * TLS (OpenSSL through libevent's bufferevent_openssl): with --tls-cert and
+ * --tls-key the sink offers STARTTLS (RFC 3207): after "220 ready" it drops
+ * whatever plaintext the client pipelined behind STARTTLS, frees the plain
+ * socket bufferevent once the 220 is written, puts a TLS one on the same
+ * socket and forgets the session (EHLO, AUTH), so the client must say EHLO
+ * again. --smtps speaks TLS from the first byte (port 465 style). When TLS
+ * is configured, AUTH is offered and accepted only inside TLS;
+ * --require-tls refuses MAIL before TLS with 530. --log FILE appends one
+ * line per accepted message saying whether the session was TLS (and which
+ * version) and which user authenticated, for tests to assert.
  *
  * Usage: bb-smtp-sink [--port N] [--maildir DIR | --count-only]
- *                     [--user U --password P | --any-auth]
- *                     [--reject-rcpt SUBSTRING] [--fail-rate N] */
+ *                     [--user U --password P | --auth U:P | --any-auth]
+ *                     [--reject-rcpt SUBSTRING] [--fail-rate N]
+ *                     [--tls-cert FILE --tls-key FILE [--smtps] [--require-tls]]
+ *                     [--log FILE] */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -33,7 +46,11 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/listener.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #define SINK_MAX_LINE 4096           /* command lines; RFC 5321 says 512 */
 #define SINK_MAX_DATA_LINE (1 << 20) /* a message line without CRLF */
@@ -56,6 +73,11 @@ struct sink_opts {
     bool any_auth;
     const char *reject_rcpt;
     unsigned long fail_rate;
+    const char *tls_cert; /* PEM chain; with tls_key enables STARTTLS */
+    const char *tls_key;
+    bool smtps;       /* TLS on connect instead of STARTTLS */
+    bool require_tls; /* 530 to MAIL outside TLS */
+    const char *log_path;
 };
 
 struct sink_stats {
@@ -65,14 +87,22 @@ struct sink_stats {
     uint64_t attempts;    /* DATA transfers completed, accepted or not */
     uint64_t failed;      /* answered 451 by --fail-rate */
     uint64_t rejected;    /* recipients answered 550 */
+    uint64_t tls;         /* TLS handshakes completed (STARTTLS or --smtps) */
+    uint64_t auth_failed; /* AUTH answered 535 */
 };
 
 struct sink_conn {
-    struct bufferevent *bev;
+    struct bufferevent *bev; /* plain socket, or TLS (owns the socket) once tls */
+    evutil_socket_t fd;
+    bool fd_owned; /* the plain bufferevent does not close fd: conn_free does */
     enum sink_state state;
     bool greeted;
     bool authed;
     bool quitting;
+    bool tls;          /* the connection runs inside TLS (handshake may still be going) */
+    bool need_ehlo;    /* STARTTLS reset the session: EHLO before anything else */
+    bool starttls_now; /* 220 queued: switch to TLS once it is written */
+    char *auth_user;   /* who authenticated in this session, NULL if nobody */
     char *from;
     char **rcpt;
     size_t nrcpt;
@@ -84,6 +114,8 @@ struct sink_conn {
 static struct sink_opts opts;
 static struct sink_stats stats;
 static struct event_base *base;
+static SSL_CTX *ssl_ctx; /* NULL: no TLS configured */
+static FILE *log_file;   /* --log, NULL without */
 
 static void conn_reset_tx(struct sink_conn *c)
 {
@@ -104,11 +136,15 @@ static void conn_free(struct sink_conn *c)
     conn_reset_tx(c);
     free(c->rcpt);
     free(c->login_user);
+    free(c->auth_user);
     if (c->msg != NULL) {
         evbuffer_free(c->msg);
     }
     if (c->bev != NULL) {
         bufferevent_free(c->bev);
+    }
+    if (c->fd_owned) {
+        evutil_closesocket(c->fd);
     }
     free(c);
 }
@@ -181,6 +217,20 @@ static bool credentials_ok(const char *user, const char *pass)
            strcmp(pass, opts.password) == 0;
 }
 
+/* Answers AUTH with 235 or 535 and remembers who got in. */
+static void auth_result(struct sink_conn *c, const char *user, const char *pass)
+{
+    if (credentials_ok(user, pass)) {
+        c->authed = true;
+        free(c->auth_user);
+        c->auth_user = strdup(user);
+        reply(c, "235 2.7.0 authenticated");
+    } else {
+        stats.auth_failed++;
+        reply(c, "535 5.7.8 authentication failed");
+    }
+}
+
 /* PLAIN response: authzid NUL authcid NUL passwd. */
 static void auth_plain(struct sink_conn *c, const char *b64)
 {
@@ -204,12 +254,7 @@ static void auth_plain(struct sink_conn *c, const char *b64)
     }
     user = nul1 + 1;
     pass = nul2 + 1;
-    if (credentials_ok(user, pass)) {
-        c->authed = true;
-        reply(c, "235 2.7.0 authenticated");
-    } else {
-        reply(c, "535 5.7.8 authentication failed");
-    }
+    auth_result(c, user, pass);
 out_free:
     free(raw);
 }
@@ -239,12 +284,7 @@ static void auth_login_pass(struct sink_conn *c, const char *b64)
         reply(c, "501 5.5.2 bad base64");
         return;
     }
-    if (credentials_ok(c->login_user, pass)) {
-        c->authed = true;
-        reply(c, "235 2.7.0 authenticated");
-    } else {
-        reply(c, "535 5.7.8 authentication failed");
-    }
+    auth_result(c, c->login_user, pass);
     free(pass);
 }
 
@@ -313,6 +353,26 @@ out_close:
     return rc;
 }
 
+/* The TLS version of the session ("TLSv1.3"), or "no". */
+static const char *conn_tls_version(struct sink_conn *c)
+{
+    SSL *ssl = c->tls ? bufferevent_openssl_get_ssl(c->bev) : NULL;
+
+    return ssl != NULL ? SSL_get_version(ssl) : "no";
+}
+
+/* One --log line per accepted message: number, TLS, user; no addresses. */
+static void log_message(struct sink_conn *c)
+{
+    if (log_file == NULL) {
+        return;
+    }
+    fprintf(log_file, "message=%llu tls=%s user=%s rcpt=%zu bytes=%llu\n",
+            (unsigned long long)stats.messages, conn_tls_version(c),
+            c->auth_user != NULL ? c->auth_user : "-", c->nrcpt, (unsigned long long)c->msg_bytes);
+    fflush(log_file);
+}
+
 static void data_done(struct sink_conn *c)
 {
     uint64_t attempt = ++stats.attempts;
@@ -331,6 +391,7 @@ static void data_done(struct sink_conn *c)
     }
     stats.messages++;
     stats.bytes += c->msg_bytes;
+    log_message(c);
     evbuffer_add_printf(bufferevent_get_output(c->bev), "250 2.0.0 Ok: queued as %llu\r\n",
                         (unsigned long long)stats.messages);
 out_reset:
@@ -354,19 +415,43 @@ static void data_line(struct sink_conn *c, const char *line, size_t len)
     }
 }
 
+/* AUTH is offered in plaintext only when no TLS is configured. */
+static bool auth_offered(const struct sink_conn *c)
+{
+    return ssl_ctx == NULL || c->tls;
+}
+
 static void command(struct sink_conn *c, char *line)
 {
-    if (verb_is(line, "EHLO")) {
+    bool ehlo_first = c->need_ehlo && !verb_is(line, "EHLO") && !verb_is(line, "HELO") &&
+                      !verb_is(line, "QUIT") && !verb_is(line, "NOOP") && !verb_is(line, "RSET");
+
+    if (ehlo_first) {
+        /* RFC 3207 4.2: the TLS session starts from scratch */
+        reply(c, "503 5.5.1 EHLO first after STARTTLS");
+    } else if (verb_is(line, "EHLO")) {
+        struct evbuffer *out = bufferevent_get_output(c->bev);
         c->greeted = true;
+        c->need_ehlo = false;
         conn_reset_tx(c);
-        evbuffer_add_printf(bufferevent_get_output(c->bev),
+        evbuffer_add_printf(out,
                             "250-bb-smtp-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
-                            "250-SIZE %ld\r\n250-AUTH PLAIN LOGIN\r\n250 ENHANCEDSTATUSCODES\r\n",
+                            "250-SIZE %ld\r\n",
                             SINK_MAX_SIZE);
+        if (ssl_ctx != NULL && !c->tls) {
+            evbuffer_add_printf(out, "250-STARTTLS\r\n");
+        }
+        if (auth_offered(c)) {
+            evbuffer_add_printf(out, "250-AUTH PLAIN LOGIN\r\n");
+        }
+        evbuffer_add_printf(out, "250 ENHANCEDSTATUSCODES\r\n");
     } else if (verb_is(line, "HELO")) {
         c->greeted = true;
+        c->need_ehlo = false;
         conn_reset_tx(c);
         reply(c, "250 bb-smtp-sink");
+    } else if (verb_is(line, "AUTH") && !auth_offered(c)) {
+        reply(c, "538 5.7.11 encryption required for authentication");
     } else if (verb_is(line, "AUTH")) {
         const char *mech = line + 4;
         while (*mech == ' ') {
@@ -392,7 +477,9 @@ static void command(struct sink_conn *c, char *line)
             reply(c, "504 5.5.4 mechanism not supported");
         }
     } else if (verb_is(line, "MAIL")) {
-        if (opts.user != NULL && !opts.any_auth && !c->authed) {
+        if (opts.require_tls && !c->tls) {
+            reply(c, "530 5.7.0 must issue a STARTTLS command first");
+        } else if (opts.user != NULL && !opts.any_auth && !c->authed) {
             reply(c, "530 5.7.0 authentication required");
         } else if (c->from != NULL) {
             reply(c, "503 5.5.1 nested MAIL");
@@ -436,17 +523,74 @@ static void command(struct sink_conn *c, char *line)
         reply(c, "221 2.0.0 bye");
         c->quitting = true;
     } else if (verb_is(line, "STARTTLS")) {
-        reply(c, "454 4.7.0 TLS not available");
+        if (ssl_ctx == NULL) {
+            reply(c, "454 4.7.0 TLS not available");
+        } else if (c->tls) {
+            reply(c, "503 5.5.1 TLS already active");
+        } else if (line[8] != '\0') {
+            reply(c, "501 5.5.4 STARTTLS takes no argument");
+        } else {
+            reply(c, "220 2.0.0 ready to start TLS");
+            c->starttls_now = true;
+        }
     } else {
         reply(c, "502 5.5.2 command not recognised");
     }
+}
+
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_write(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
+
+/* "220 ready" has been written: the plain bufferevent goes, a TLS one
+ * takes over the socket (the client's ClientHello waits in the kernel),
+ * and the session starts over. A TLS filter stacked on the plain
+ * bufferevent would do too, but its write callback fires before the
+ * bytes leave, so the 221 after QUIT could be lost. */
+static int conn_start_tls(struct sink_conn *c)
+{
+    SSL *ssl = SSL_new(ssl_ctx);
+    struct bufferevent *tls;
+
+    bufferevent_free(c->bev);
+    c->bev = NULL;
+    if (ssl == NULL) {
+        return -1;
+    }
+    /* From here the TLS bufferevent owns the socket; on failure libevent
+     * frees ssl (and with it may close fd): leak rather than close twice. */
+    c->fd_owned = false;
+    tls = bufferevent_openssl_socket_new(base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                         BEV_OPT_CLOSE_ON_FREE);
+    if (tls == NULL) {
+        return -1;
+    }
+    c->bev = tls;
+    c->tls = true;
+    c->need_ehlo = true;
+    c->greeted = false;
+    c->authed = false;
+    free(c->auth_user);
+    c->auth_user = NULL;
+    c->state = ST_CMD;
+    conn_reset_tx(c);
+    bufferevent_openssl_set_allow_dirty_shutdown(tls, 1);
+    bufferevent_setcb(tls, on_read, on_write, on_event, c);
+    bufferevent_enable(tls, EV_READ | EV_WRITE);
+    return 0;
 }
 
 static void on_write(struct bufferevent *bev, void *arg)
 {
     struct sink_conn *c = arg;
 
-    if (c->quitting) {
+    if (c->starttls_now) {
+        c->starttls_now = false;
+        if (conn_start_tls(c) != 0) {
+            fprintf(stderr, "bb-smtp-sink: cannot start TLS\n");
+            conn_free(c);
+        }
+    } else if (c->quitting) {
         conn_free(c);
     }
 }
@@ -456,7 +600,7 @@ static void on_read(struct bufferevent *bev, void *arg)
     struct sink_conn *c = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
 
-    while (!c->quitting) {
+    while (!c->quitting && !c->starttls_now) {
         size_t len = 0;
         char *line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF_STRICT);
         if (line == NULL) {
@@ -486,6 +630,13 @@ static void on_read(struct bufferevent *bev, void *arg)
         }
         free(line);
     }
+    if (c->starttls_now) {
+        /* RFC 3207 5: plaintext pipelined behind STARTTLS must not reach
+         * the TLS session; read nothing more until on_write switches */
+        evbuffer_drain(in, evbuffer_get_length(in));
+        bufferevent_disable(bev, EV_READ);
+        return;
+    }
     if (c->quitting) {
         evbuffer_drain(in, evbuffer_get_length(in));
         bufferevent_disable(bev, EV_READ);
@@ -497,8 +648,22 @@ static void on_read(struct bufferevent *bev, void *arg)
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
+    struct sink_conn *c = arg;
+
+    if (what & BEV_EVENT_CONNECTED) {
+        stats.tls++; /* only TLS bufferevents report this: the handshake is done */
+    }
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-        conn_free(arg);
+        unsigned long e;
+        while (c->tls && (e = bufferevent_get_openssl_error(bev)) != 0) {
+            char buf[256];
+            if (ERR_GET_LIB(e) == 0) {
+                continue; /* a bare errno, not an OpenSSL reason */
+            }
+            ERR_error_string_n(e, buf, sizeof(buf));
+            fprintf(stderr, "bb-smtp-sink: TLS: %s\n", buf);
+        }
+        conn_free(c);
     }
 }
 
@@ -512,6 +677,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         evutil_closesocket(fd);
         return;
     }
+    c->fd = fd;
     c->rcpt = calloc(SINK_MAX_RCPT, sizeof(*c->rcpt));
     if (c->rcpt == NULL) {
         goto err_free;
@@ -523,7 +689,23 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         }
     }
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (opts.smtps) {
+        SSL *ssl = SSL_new(ssl_ctx);
+        if (ssl == NULL) {
+            goto err_free;
+        }
+        /* on failure libevent frees ssl itself (BEV_OPT_CLOSE_ON_FREE) */
+        c->bev = bufferevent_openssl_socket_new(base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                BEV_OPT_CLOSE_ON_FREE);
+        if (c->bev != NULL) {
+            bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+            c->tls = true;
+        }
+    } else {
+        /* no BEV_OPT_CLOSE_ON_FREE: STARTTLS hands the socket on */
+        c->bev = bufferevent_socket_new(base, fd, 0);
+        c->fd_owned = c->bev != NULL;
+    }
     if (c->bev == NULL) {
         goto err_free;
     }
@@ -543,10 +725,11 @@ err_free:
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     printf("stats messages=%llu bytes=%llu connections=%llu attempts=%llu failed=%llu "
-           "rejected_rcpt=%llu\n",
+           "rejected_rcpt=%llu tls=%llu auth_failed=%llu\n",
            (unsigned long long)stats.messages, (unsigned long long)stats.bytes,
            (unsigned long long)stats.connections, (unsigned long long)stats.attempts,
-           (unsigned long long)stats.failed, (unsigned long long)stats.rejected);
+           (unsigned long long)stats.failed, (unsigned long long)stats.rejected,
+           (unsigned long long)stats.tls, (unsigned long long)stats.auth_failed);
     fflush(stdout);
     event_base_loopbreak(base);
 }
@@ -554,9 +737,38 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static void usage(FILE *out)
 {
     fputs("usage: bb-smtp-sink [--port N] [--maildir DIR | --count-only]\n"
-          "                    [--user U --password P | --any-auth]\n"
-          "                    [--reject-rcpt SUBSTRING] [--fail-rate N]\n",
+          "                    [--user U --password P | --auth U:P | --any-auth]\n"
+          "                    [--reject-rcpt SUBSTRING] [--fail-rate N]\n"
+          "                    [--tls-cert FILE --tls-key FILE [--smtps] [--require-tls]]\n"
+          "                    [--log FILE]\n",
           out);
+}
+
+/* The server context for --tls-cert/--tls-key: TLS 1.2 or newer. */
+static SSL_CTX *tls_context(const char *cert, const char *key)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+
+    if (ctx == NULL) {
+        goto err;
+    }
+#ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
+    /* a client that closes without close_notify (libcurl after QUIT) just hung up */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+#endif
+    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 ||
+        SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        goto err_ctx;
+    }
+    return ctx;
+
+err_ctx:
+    SSL_CTX_free(ctx);
+err:
+    fprintf(stderr, "bb-smtp-sink: TLS setup: %s\n", ERR_error_string(ERR_get_error(), NULL));
+    return NULL;
 }
 
 int main(int argc, char **argv)
@@ -570,6 +782,12 @@ int main(int argc, char **argv)
         {"any-auth", no_argument, NULL, 'a'},
         {"reject-rcpt", required_argument, NULL, 'r'},
         {"fail-rate", required_argument, NULL, 'f'},
+        {"auth", required_argument, NULL, 'A'},
+        {"tls-cert", required_argument, NULL, 'C'},
+        {"tls-key", required_argument, NULL, 'K'},
+        {"smtps", no_argument, NULL, 'S'},
+        {"require-tls", no_argument, NULL, 'T'},
+        {"log", required_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -583,6 +801,7 @@ int main(int argc, char **argv)
     int rc = 1;
 
     while ((ch = getopt_long(argc, argv, "p:m:cu:P:ar:f:h", longopts, NULL)) != -1) {
+        char *colon;
         switch (ch) {
         case 'p':
             port = strtol(optarg, NULL, 10);
@@ -608,6 +827,31 @@ int main(int argc, char **argv)
         case 'f':
             opts.fail_rate = strtoul(optarg, NULL, 10);
             break;
+        case 'A':
+            colon = strchr(optarg, ':');
+            if (colon == NULL || colon == optarg) {
+                fprintf(stderr, "bb-smtp-sink: --auth wants USER:PASS\n");
+                return 2;
+            }
+            *colon = '\0';
+            opts.user = optarg;
+            opts.password = colon + 1;
+            break;
+        case 'C':
+            opts.tls_cert = optarg;
+            break;
+        case 'K':
+            opts.tls_key = optarg;
+            break;
+        case 'S':
+            opts.smtps = true;
+            break;
+        case 'T':
+            opts.require_tls = true;
+            break;
+        case 'l':
+            opts.log_path = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -620,12 +864,31 @@ int main(int argc, char **argv)
         fprintf(stderr, "bb-smtp-sink: bad port\n");
         return 2;
     }
+    if ((opts.tls_cert == NULL) != (opts.tls_key == NULL) ||
+        ((opts.smtps || opts.require_tls) && opts.tls_cert == NULL)) {
+        fprintf(stderr, "bb-smtp-sink: --tls-cert and --tls-key go together, and --smtps and "
+                        "--require-tls need them\n");
+        return 2;
+    }
     signal(SIGPIPE, SIG_IGN);
+    if (opts.tls_cert != NULL) {
+        ssl_ctx = tls_context(opts.tls_cert, opts.tls_key);
+        if (ssl_ctx == NULL) {
+            return 1;
+        }
+    }
+    if (opts.log_path != NULL) {
+        log_file = fopen(opts.log_path, "a");
+        if (log_file == NULL) {
+            fprintf(stderr, "bb-smtp-sink: %s: %s\n", opts.log_path, strerror(errno));
+            goto out_tls;
+        }
+    }
 
     base = event_base_new();
     if (base == NULL) {
         fprintf(stderr, "bb-smtp-sink: event_base_new failed\n");
-        return 1;
+        goto out_log;
     }
     memset(&sin, 0, sizeof(sin));
     sin.sin_family = AF_INET;
@@ -667,5 +930,11 @@ out_listener:
 out_base:
     /* connections still open are left to exit() */
     event_base_free(base);
+out_log:
+    if (log_file != NULL) {
+        fclose(log_file);
+    }
+out_tls:
+    SSL_CTX_free(ssl_ctx);
     return rc;
 }

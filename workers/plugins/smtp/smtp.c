@@ -29,6 +29,8 @@ static const struct bb_channel_option smtp_options[] = {
     {"username", BB_OPTION_STRING, "", "SMTP AUTH user; empty: no AUTH"},
     {"password_file", BB_OPTION_SECRET_FILE, "", "file whose first line is the SMTP password"},
     {"starttls", BB_OPTION_BOOL, "false", "require STARTTLS on smtp:// URLs"},
+    {"ca_file", BB_OPTION_STRING, "",
+     "PEM CA bundle the server's certificate is checked against; empty: the system CAs"},
     {"unsubscribe_base", BB_OPTION_STRING, "",
      "unsubscribe endpoint; the link is <base>?u=<HMAC token of the recipient>"},
     {"unsubscribe_key_file", BB_OPTION_SECRET_FILE, "",
@@ -116,6 +118,7 @@ static void smtp_destroy(void *vctx)
         memset(ctx->unsubscribe_key, 0, strlen(ctx->unsubscribe_key));
     }
     host->free(ctx->unsubscribe_key);
+    host->free(ctx->ca_file);
     host->free(ctx);
 }
 
@@ -160,14 +163,25 @@ static int smtp_init(const struct bb_host_api *host, const struct bb_channel_con
     ctx->unsubscribe_base = host_strdup(host, cfg_str(cfg, "unsubscribe_base"));
     ctx->unsubscribe_key = host_strdup(host, cfg_str(cfg, "unsubscribe_key_file"));
     ctx->starttls = parse_bool(cfg->value(cfg, "starttls"));
+    ctx->ca_file = host_strdup(host, cfg_str(cfg, "ca_file"));
     ctx->timeout_ms = parse_ms(cfg->value(cfg, "timeout"));
     if (ctx->url == NULL || ctx->from == NULL || ctx->from_name == NULL || ctx->username == NULL ||
-        ctx->password == NULL || ctx->unsubscribe_base == NULL || ctx->unsubscribe_key == NULL) {
+        ctx->password == NULL || ctx->unsubscribe_base == NULL || ctx->unsubscribe_key == NULL ||
+        ctx->ca_file == NULL) {
         snprintf(err, errlen, "out of memory");
         goto err_ctx;
     }
     if (ctx->timeout_ms <= 0) {
         snprintf(err, errlen, "timeout must be a positive duration");
+        goto err_ctx;
+    }
+    /* A password never crosses the network in clear text: AUTH needs TLS,
+     * except to a server on this machine. */
+    if (ctx->username[0] != '\0' && !ctx->starttls && strncmp(url, "smtps://", 8) != 0 &&
+        strncmp(url, "smtp://127.", 11) != 0 && strncmp(url, "smtp://localhost", 16) != 0 &&
+        strncmp(url, "smtp://[::1]", 12) != 0) {
+        snprintf(err, errlen, "username needs starttls yes or an smtps:// url (the password "
+                              "would go in clear text)");
         goto err_ctx;
     }
     if (ctx->from_name[0] != '\0' && strpbrk(ctx->from_name, "\r\n") != NULL) {
@@ -248,7 +262,10 @@ static void done_cb(void *arg, void *easy, int curlcode)
     } else if (code >= 500 && code < 600) {
         /* libcurl words a refused recipient "RCPT failed: <code>" */
         bool rcpt = strncmp(s->errbuf, "RCPT failed", 11) == 0;
-        if (code == 530 || code == 535 || curlcode == CURLE_LOGIN_DENIED) {
+        /* The server refused our credentials or our connection's security:
+         * the operator's to fix, the message is fine. */
+        if (code == 530 || code == 534 || code == 535 || code == 538 ||
+            curlcode == CURLE_LOGIN_DENIED) {
             status = BB_SEND_RETRY;
             s->ctx->host->log(s->ctx->host->host, BB_PLUGIN_ERROR, "smtp auth refused", "code=%ld",
                               code);
@@ -320,6 +337,9 @@ static int smtp_send(void *vctx, const struct bb_delivery *d, bb_send_done_fn *d
                      ctx->timeout_ms < 10000 ? ctx->timeout_ms : 10000L);
     if (ctx->starttls) {
         curl_easy_setopt(s->easy, CURLOPT_USE_SSL, (long)CURLUSESSL_ALL);
+    }
+    if (ctx->ca_file[0] != '\0') {
+        curl_easy_setopt(s->easy, CURLOPT_CAINFO, ctx->ca_file);
     }
     if (ctx->username[0] != '\0') {
         curl_easy_setopt(s->easy, CURLOPT_USERNAME, ctx->username);

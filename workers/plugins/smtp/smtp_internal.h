@@ -24,6 +24,7 @@ struct smtp_ctx {
     char *password;
     char *unsubscribe_base; /* "" when not configured */
     char *unsubscribe_key;  /* HMAC key for the opaque unsubscribe token, "" when unset */
+    char *ca_file;   /* PEM CA bundle for the server certificate, "" = system CAs */
     bool starttls;
     long timeout_ms;
 };

@@ -2,7 +2,9 @@
  * through bb_channel_entry() the way the worker host loads it. format()
  * cases need no network; send() cases run against bb-smtp-sink on a free
  * port with a fake host whose curl() runs the easy handle to completion
- * (skipped when the sink is not built). Single-threaded. */
+ * (skipped when the sink is not built); the TLS cases (STARTTLS, smtps://,
+ * AUTH inside TLS, certificate verification) use a self-signed cert made
+ * by the openssl tool at test time. Single-threaded. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -11,7 +13,9 @@
 
 #include <dirent.h>
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -856,19 +860,388 @@ static void test_send_bad_password(void **state)
     channel->destroy(ctx);
     sink_stop(&s);
 }
+
+/* ---- send() over TLS: STARTTLS, smtps://, AUTH --------------------------------------------- */
+
+/* libcurl itself reads neither CURL_CA_BUNDLE nor SSL_CERT_FILE (only the
+ * curl tool does): the test CA reaches the plug-in through its ca_file
+ * option, as an operator's private CA would. */
+static const char *tls_ca_file;
+
+/* A sink with TLS in a fresh directory: the self-signed cert and key
+ * (made by the openssl tool), the maildir and the sink's --log. */
+struct tls_sink {
+    struct sink s;
+    char cert[128];
+    char key[128];
+    char log[128];
+};
+
+/* The TLS sink of the running case (static storage in the case), stopped
+ * by tls_teardown if an assertion ends the case early (else the sink's
+ * inherited stderr keeps ctest waiting). */
+static struct tls_sink *tls_running;
+
+static void tls_sink_stop(struct tls_sink *t)
+{
+    sink_stop(&t->s);
+    tls_running = NULL;
+}
+
+static int tls_teardown(void **state)
+{
+    if (tls_running != NULL) {
+        tls_sink_stop(tls_running);
+    }
+    return 0;
+}
+
+static int run_wait(const char *path, char *const argv[])
+{
+    int status = 0;
+    pid_t pid = fork();
+
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0) {
+            dup2(null, 2);
+        }
+        execvp(path, argv);
+        _exit(127);
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* mode: "starttls" (offered and required), "smtps". Skips the case when
+ * no openssl tool is installed. */
+static void tls_sink_start(struct tls_sink *t, const char *mode)
+{
+    struct sink *s = &t->s;
+    int fds[2];
+    FILE *f;
+    char line[128];
+
+    strcpy(s->dir, "/tmp/bb-smtp-tls.XXXXXX");
+    assert_non_null(mkdtemp(s->dir));
+    snprintf(t->cert, sizeof(t->cert), "%s/cert.pem", s->dir);
+    snprintf(t->key, sizeof(t->key), "%s/key.pem", s->dir);
+    snprintf(t->log, sizeof(t->log), "%s/sink.log", s->dir);
+    {
+        char *const req[] = {
+            "openssl",  "req",
+            "-x509",    "-newkey",
+            "rsa:2048", "-nodes",
+            "-subj",    "/CN=localhost",
+            "-addext",  "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-days",    "1",
+            "-keyout",  t->key,
+            "-out",     t->cert,
+            NULL,
+        };
+        if (run_wait("openssl", req) != 0) {
+            rmdir(s->dir);
+            skip();
+        }
+    }
+    tls_ca_file = t->cert;
+    assert_int_equal(pipe(fds), 0);
+    s->pid = fork();
+    assert_true(s->pid >= 0);
+    if (s->pid == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        close(fds[1]);
+        execl(BB_SMTP_SINK, "bb-smtp-sink", "--port", "0", "--maildir", s->dir, "--log", t->log,
+              "--tls-cert", t->cert, "--tls-key", t->key, "--auth", "bb:geheim",
+              strcmp(mode, "smtps") == 0 ? "--smtps" : "--require-tls", (char *)NULL);
+        _exit(127);
+    }
+    tls_running = t;
+    close(fds[1]);
+    f = fdopen(fds[0], "r");
+    assert_non_null(f);
+    assert_non_null(fgets(line, sizeof(line), f));
+    assert_int_equal(sscanf(line, "listening 127.0.0.1:%d", &s->port), 1);
+    fclose(f);
+}
+
+/* The plug-in as configured by an operator for a TLS server: url, AUTH
+ * user/password (NULL: none), starttls; trusted: whether it trusts the
+ * test CA (ca_file). Returns init()'s result, the message in err. */
+static int tls_init(const char *url, const char *user, const char *pass, bool starttls,
+                    bool trusted, void **out, char *err, size_t errlen)
+{
+    struct bb_channel_config cfg = {
+        .struct_size = sizeof(cfg),
+        .instance = "email",
+        .value = cfg_value,
+        .integer = cfg_integer,
+    };
+    size_t k = 0;
+
+    for (const struct bb_channel_option *o = channel->options; o->name != NULL; o++) {
+        const char *v = o->def;
+        if (strcmp(o->name, "url") == 0) {
+            v = url;
+        } else if (strcmp(o->name, "from") == 0) {
+            v = "buurt@example.org";
+        } else if (strcmp(o->name, "username") == 0 && user != NULL) {
+            v = user;
+        } else if (strcmp(o->name, "password_file") == 0 && pass != NULL) {
+            v = pass;
+        } else if (strcmp(o->name, "starttls") == 0) {
+            v = starttls ? "true" : "false";
+        } else if (strcmp(o->name, "ca_file") == 0 && trusted) {
+            v = tls_ca_file;
+        } else if (strcmp(o->name, "timeout") == 0) {
+            v = "5s";
+        }
+        assert_true(k < 15);
+        cfg_values[k].name = o->name;
+        cfg_values[k].value = v;
+        k++;
+    }
+    cfg_values[k].name = NULL;
+    *out = NULL;
+    return channel->init(&host_api, &cfg, out, err, errlen);
+}
+
+static void *plugin_init_tls(const char *url, const char *user, const char *pass, bool starttls,
+                             bool trusted)
+{
+    char err[256] = "";
+    void *ctx = NULL;
+    assert_int_equal(tls_init(url, user, pass, starttls, trusted, &ctx, err, sizeof(err)), 0);
+    assert_non_null(ctx);
+    return ctx;
+}
+
+/* A password never goes to a remote server in clear text: refused at init. */
+static void test_auth_needs_tls(void **state)
+{
+    char err[256] = "";
+    void *ctx = NULL;
+    assert_int_not_equal(tls_init("smtp://mail.example.org:25", "bb", "secret", false, false,
+                                  &ctx, err, sizeof(err)),
+                         0);
+    assert_null(ctx);
+    assert_non_null(strstr(err, "clear text"));
+    assert_int_equal(tls_init("smtp://mail.example.org:587", "bb", "secret", true, false, &ctx,
+                              err, sizeof(err)),
+                     0);
+    channel->destroy(ctx);
+    assert_int_equal(tls_init("smtps://mail.example.org:465", "bb", "secret", false, false, &ctx,
+                              err, sizeof(err)),
+                     0);
+    channel->destroy(ctx);
+}
+
+/* The sink's --log line for message n, "" when there is none. */
+static void tls_sink_log_line(const struct tls_sink *t, int n, char *out, size_t cap)
+{
+    char want[32];
+    char line[256];
+    FILE *f = fopen(t->log, "r");
+
+    out[0] = '\0';
+    snprintf(want, sizeof(want), "message=%d ", n);
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, want, strlen(want)) == 0) {
+            snprintf(out, cap, "%s", line);
+        }
+    }
+    if (f != NULL) {
+        fclose(f);
+    }
+}
+
+static bool maildir_has(const struct sink *s, int n)
+{
+    char path[512];
+
+    snprintf(path, sizeof(path), "%s/%d.eml", s->dir, n);
+    return access(path, R_OK) == 0;
+}
+
+/* STARTTLS required by the sink, AUTH inside TLS: delivered, and the sink
+ * saw a TLS session with user bb. */
+static void test_send_starttls_auth(void **state)
+{
+    static struct tls_sink t; /* static: tls_teardown may stop it after the case */
+    char url[64];
+    char line[256];
+    void *ctx;
+    struct outcome o;
+
+    tls_sink_start(&t, "starttls");
+    snprintf(url, sizeof(url), "smtp://127.0.0.1:%d", t.s.port);
+    ctx = plugin_init_tls(url, "bb", "geheim", true, true);
+    o = send_one(ctx, "lezer@example.net");
+    assert_int_equal(o.status, BB_SEND_OK);
+    assert_string_equal(o.reason, "ok");
+    o = send_one(ctx, "lezer2@example.net");
+    assert_int_equal(o.status, BB_SEND_OK);
+    channel->destroy(ctx);
+
+    assert_true(maildir_has(&t.s, 1));
+    assert_true(maildir_has(&t.s, 2));
+    tls_sink_log_line(&t, 1, line, sizeof(line));
+    assert_non_null(strstr(line, " tls=TLSv1."));
+    assert_non_null(strstr(line, " user=bb "));
+    tls_sink_log_line(&t, 2, line, sizeof(line));
+    assert_non_null(strstr(line, " tls=TLSv1."));
+    assert_non_null(strstr(line, " user=bb "));
+    tls_sink_stop(&t);
+}
+
+/* smtps:// (TLS from the first byte), AUTH inside it: delivered over TLS. */
+static void test_send_smtps(void **state)
+{
+    static struct tls_sink t; /* static: tls_teardown may stop it after the case */
+    char url[64];
+    char line[256];
+    void *ctx;
+    struct outcome o;
+
+    tls_sink_start(&t, "smtps");
+    snprintf(url, sizeof(url), "smtps://127.0.0.1:%d", t.s.port);
+    ctx = plugin_init_tls(url, "bb", "geheim", false, true);
+    o = send_one(ctx, "lezer@example.net");
+    assert_int_equal(o.status, BB_SEND_OK);
+    channel->destroy(ctx);
+
+    assert_true(maildir_has(&t.s, 1));
+    tls_sink_log_line(&t, 1, line, sizeof(line));
+    assert_non_null(strstr(line, " tls=TLSv1."));
+    assert_non_null(strstr(line, " user=bb "));
+    tls_sink_stop(&t);
+}
+
+/* A wrong password inside TLS: the sink answers 535; the plug-in maps
+ * that to retry (smtp.c: the operator's credentials, not the message,
+ * are wrong, so the delivery waits for a fixed config) with the reason
+ * smtp_535. Nothing is delivered. */
+static void test_send_tls_wrong_password(void **state)
+{
+    static struct tls_sink t; /* static: tls_teardown may stop it after the case */
+    char url[64];
+    char line[256];
+    void *ctx;
+    struct outcome o;
+
+    tls_sink_start(&t, "starttls");
+    snprintf(url, sizeof(url), "smtp://127.0.0.1:%d", t.s.port);
+    ctx = plugin_init_tls(url, "bb", "fout", true, true);
+    o = send_one(ctx, "lezer@example.net");
+    assert_int_equal(o.status, BB_SEND_RETRY);
+    assert_string_equal(o.reason, "smtp_535");
+    channel->destroy(ctx);
+
+    assert_false(maildir_has(&t.s, 1));
+    tls_sink_log_line(&t, 1, line, sizeof(line));
+    assert_string_equal(line, "");
+    tls_sink_stop(&t);
+}
+
+/* The sink requires STARTTLS but the plug-in is configured without it: the
+ * sink offers no AUTH in plaintext, libcurl sends none, MAIL is refused
+ * with 530 and nothing goes out in plaintext. */
+static void test_send_tls_required_plain_refused(void **state)
+{
+    static struct tls_sink t; /* static: tls_teardown may stop it after the case */
+    char url[64];
+    char line[256];
+    void *ctx;
+    struct outcome o;
+
+    tls_sink_start(&t, "starttls");
+    snprintf(url, sizeof(url), "smtp://127.0.0.1:%d", t.s.port);
+    ctx = plugin_init_tls(url, "bb", "geheim", false, true);
+    o = send_one(ctx, "lezer@example.net");
+    assert_int_not_equal(o.status, BB_SEND_OK);
+    assert_int_equal(o.status, BB_SEND_RETRY);
+    assert_string_equal(o.reason, "smtp_530");
+    channel->destroy(ctx);
+
+    assert_false(maildir_has(&t.s, 1));
+    tls_sink_log_line(&t, 1, line, sizeof(line));
+    assert_string_equal(line, "");
+    tls_sink_stop(&t);
+}
+
+/* starttls configured but the server offers no STARTTLS (the plain sink
+ * answers it with 454): libcurl gives up before MAIL (CURLE_USE_SSL_FAILED,
+ * 64) instead of sending the message and the password in plaintext. */
+static void test_send_starttls_not_offered(void **state)
+{
+    struct sink s;
+    char url[64];
+    void *ctx;
+    struct outcome o;
+
+    sink_start(&s);
+    snprintf(url, sizeof(url), "smtp://127.0.0.1:%d", s.port);
+    ctx = plugin_init_tls(url, "bb", "geheim", true, false);
+    o = send_one(ctx, "lezer@example.net");
+    assert_int_equal(o.status, BB_SEND_RETRY);
+    assert_string_equal(o.reason, "curl_64");
+    channel->destroy(ctx);
+    assert_false(maildir_has(&s, 1));
+    sink_stop(&s);
+}
+
+/* The plug-in verifies the server: a certificate no trusted CA signed is
+ * refused before anything is sent (libcurl's CURLE_PEER_FAILED_VERIFICATION,
+ * 60), on STARTTLS and on smtps:// alike. */
+static void test_send_tls_untrusted_cert(void **state)
+{
+    static struct tls_sink t; /* static: tls_teardown may stop it after the case */
+    char url[64];
+    void *ctx;
+    struct outcome o;
+
+    tls_sink_start(&t, "starttls");
+    snprintf(url, sizeof(url), "smtp://127.0.0.1:%d", t.s.port);
+    ctx = plugin_init_tls(url, "bb", "geheim", true, false);
+    o = send_one(ctx, "lezer@example.net");
+    assert_int_equal(o.status, BB_SEND_RETRY);
+    assert_string_equal(o.reason, "curl_60");
+    channel->destroy(ctx);
+    assert_false(maildir_has(&t.s, 1));
+    tls_sink_stop(&t);
+
+    tls_sink_start(&t, "smtps");
+    snprintf(url, sizeof(url), "smtps://127.0.0.1:%d", t.s.port);
+    ctx = plugin_init_tls(url, "bb", "geheim", false, false);
+    o = send_one(ctx, "lezer@example.net");
+    assert_int_equal(o.status, BB_SEND_RETRY);
+    assert_string_equal(o.reason, "curl_60");
+    channel->destroy(ctx);
+    assert_false(maildir_has(&t.s, 1));
+    tls_sink_stop(&t);
+}
 #endif
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_headers),
-        cmocka_unit_test(test_local_time),       cmocka_unit_test(test_same_delivery_same_ids),
+        cmocka_unit_test(test_local_time),
+        cmocka_unit_test(test_auth_needs_tls),       cmocka_unit_test(test_same_delivery_same_ids),
         cmocka_unit_test(test_locales),       cmocka_unit_test(test_anonymous),
         cmocka_unit_test(test_html_escaping), cmocka_unit_test(test_subject_2047),
         cmocka_unit_test(test_long_lines),    cmocka_unit_test(test_digest),
         cmocka_unit_test(test_bad_address),   cmocka_unit_test(test_init_checks),
 #ifdef BB_SMTP_SINK
         cmocka_unit_test(test_send),          cmocka_unit_test(test_send_bad_password),
+        cmocka_unit_test_teardown(test_send_starttls_auth, tls_teardown),
+        cmocka_unit_test_teardown(test_send_smtps, tls_teardown),
+        cmocka_unit_test_teardown(test_send_tls_wrong_password, tls_teardown),
+        cmocka_unit_test_teardown(test_send_tls_required_plain_refused, tls_teardown),
+        cmocka_unit_test_teardown(test_send_tls_untrusted_cert, tls_teardown),
+        cmocka_unit_test(test_send_starttls_not_offered),
 #endif
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
