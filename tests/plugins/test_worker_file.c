@@ -634,7 +634,7 @@ static void metrics_count_outcomes(void **state)
     xadd((const uint8_t *)junk, sizeof(junk) - 1);
     int port = bb_harness_free_port();
     static char extra[128];
-    snprintf(extra, sizeof(extra), "metrics_addr 127.0.0.1:%d\n", port);
+    snprintf(extra, sizeof(extra), "metrics_addr 127.0.0.1:%d\nclaim_interval 200ms\n", port);
     extra_conf = extra;
     pid_t pid = start_worker("wm");
     extra_conf = "";
@@ -646,8 +646,18 @@ static void metrics_count_outcomes(void **state)
         usleep(20 * 1000);
     }
     assert_int_equal(code, 200);
-    assert_int_equal(bb_harness_http_get(port, "/metrics", body, sizeof(body)), 200);
+    /* The backlog gauges come with the next claim tick. */
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(bb_harness_http_get(port, "/metrics", body, sizeof(body)), 200);
+        if (strstr(body, "bb_worker_later_jobs{")) {
+            break;
+        }
+        usleep(50 * 1000);
+    }
     stop_worker(pid, SIGTERM);
+    assert_non_null(strstr(body, "bb_worker_stream_lag{channel=\"inbox\"} 0\n"));
+    assert_non_null(strstr(body, "bb_worker_stream_pending{channel=\"inbox\"} 0\n"));
+    assert_non_null(strstr(body, "bb_worker_later_jobs{channel=\"inbox\"} 0\n"));
     assert_non_null(strstr(body, "bb_worker_receipts_total{channel=\"inbox\",outcome=\"ok\"} 6\n"));
     assert_non_null(strstr(body, "bb_worker_dead_batches_total{channel=\"inbox\"} 1\n"));
     assert_non_null(strstr(body, "bb_worker_batches_total{channel=\"inbox\"} 2\n"));

@@ -221,6 +221,9 @@ struct bb_stream_stats {
      * (not collected) from a batch: counts per bucket, the last one +Inf. */
     uint64_t latency[BB_LATENCY_BUCKETS + 1];
     double latency_sum_ms;
+    /* Backlog, read every claim_interval (-1 until known): entries of the
+     * stream the group has not read, read and not acked, jobs in bb:later. */
+    int64_t lag, pending, later;
 };
 const struct bb_stream_stats *bb_stream_stats(const struct bb_stream *s);
 const char *bb_stream_instance(const struct bb_stream *s);

@@ -115,6 +115,31 @@ static void render_metrics(struct evbuffer *b, void *arg)
                             inst, (unsigned long long)cum, inst, st->latency_sum_ms / 1000.0, inst,
                             (unsigned long long)cum);
     }
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } gauges[] = {
+        {"bb_worker_stream_lag", "Entries of the channel's stream its consumer group has not read",
+         offsetof(struct bb_stream_stats, lag)},
+        {"bb_worker_stream_pending", "Entries read by the group and not yet acked",
+         offsetof(struct bb_stream_stats, pending)},
+        {"bb_worker_later_jobs", "Retries and collections waiting in bb:later",
+         offsetof(struct bb_stream_stats, later)},
+    };
+    for (size_t g = 0; g < sizeof(gauges) / sizeof(gauges[0]); g++) {
+        evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s gauge\n", gauges[g].name, gauges[g].help,
+                            gauges[g].name);
+        for (size_t i = 0; i < w->n; i++) {
+            if (w->streams[i]) {
+                const char *st = (const char *)bb_stream_stats(w->streams[i]);
+                int64_t v = *(const int64_t *)(st + gauges[g].off);
+                if (v >= 0) {
+                    evbuffer_add_printf(b, "%s{channel=\"%s\"} %lld\n", gauges[g].name,
+                                        bb_stream_instance(w->streams[i]), (long long)v);
+                }
+            }
+        }
+    }
     bb_prom_gauge(b, "bb_worker_inflight", "Batch entries and jobs taken and not yet finished",
                   (int64_t)inflight(w));
     bb_prom_counter(b, "bb_redis_reconnects_total", "Redis connections lost",

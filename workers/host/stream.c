@@ -1597,10 +1597,53 @@ static void on_claim(struct bb_conn *c, redisReply *r, void *priv)
     }
 }
 
+/* The instance's backlog for /metrics: XINFO GROUPS (lag, pending) and ZCARD bb:later. */
+static void on_backlog(struct bb_conn *c, redisReply *r, void *priv)
+{
+    struct bb_stream *s = priv;
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        return;
+    }
+    for (size_t g = 0; g < r->elements; g++) {
+        const redisReply *gr = r->element[g];
+        bool ours = false;
+        long long lag = -1, pending = -1;
+        for (size_t k = 0; gr->type == REDIS_REPLY_ARRAY && k + 1 < gr->elements; k += 2) {
+            const redisReply *key = gr->element[k], *v = gr->element[k + 1];
+            if (key->type != REDIS_REPLY_STRING) {
+                continue;
+            }
+            if (strcmp(key->str, "name") == 0 && v->type == REDIS_REPLY_STRING) {
+                ours = strcmp(v->str, s->conf->group) == 0;
+            } else if (strcmp(key->str, "lag") == 0 && v->type == REDIS_REPLY_INTEGER) {
+                lag = v->integer;
+            } else if (strcmp(key->str, "pending") == 0 && v->type == REDIS_REPLY_INTEGER) {
+                pending = v->integer;
+            }
+        }
+        if (ours) {
+            s->stats.lag = lag;
+            s->stats.pending = pending;
+        }
+    }
+}
+
+static void on_later_size(struct bb_conn *c, redisReply *r, void *priv)
+{
+    struct bb_stream *s = priv;
+    if (r && r->type == REDIS_REPLY_INTEGER) {
+        s->stats.later = r->integer;
+    }
+}
+
 static void on_claim_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct bb_stream *s = arg;
     arm_ms(s->claim_ev, s->cfg->claim_interval_ms);
+    if (s->group_ready) {
+        bb_conn_commandf(s->commands, on_backlog, s, "XINFO GROUPS %s", s->conf->stream);
+        bb_conn_commandf(s->commands, on_later_size, s, "ZCARD bb:later:%s", s->conf->instance);
+    }
     int64_t room = s->cfg->max_inflight - (int64_t)s->inflight;
     if (s->claiming || s->stopping || !s->group_ready || room <= 0) {
         return;
@@ -1672,6 +1715,7 @@ struct bb_stream *bb_stream_new(struct event_base *base, const struct bb_worker_
     s->tokens = (double)(conf->o.burst > 0 ? conf->o.burst : conf->o.rate);
     s->pending_phase = true;
     snprintf(s->pending_from, sizeof(s->pending_from), "0");
+    s->stats.lag = s->stats.pending = s->stats.later = -1;
     s->zdec = bb_zdec_new((size_t)cfg->max_payload);
     s->tick = event_new(base, -1, EV_PERSIST, on_tick, s);
     s->claim_ev = evtimer_new(base, on_claim_tick, s);
