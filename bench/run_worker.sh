@@ -5,11 +5,12 @@
 # (tests/h2-sink) on loopback, and the built buurtbus-worker draining the
 # backlog through one plug-in; bench_worker times the drain.
 #
-#   bench/run_worker.sh [--plugin fcm|webhook|file] [--users N] [--batches B]
+#   bench/run_worker.sh [--plugin fcm|webhook|smtp|file] [--users N] [--batches B]
 #                       [--recipients R] [--max-unconfirmed "256 1024"]
 #                       [--max-inflight "64"] [--read-count "16"] [--concurrency "0"]
 #                       [--workers "1 2"]   (worker processes sharing the consumer group)
 #                       [--repeat K] [--sink-delay-ms MS] [--build DIR] [--keep]
+#                       [--host-connections N]   (the worker's max_host_connections, 16)
 #                       [--perf DIR]   (perf record -g of the worker per run: DIR/<n>.data)
 #                       [--preload LIB] (LD_PRELOAD for the worker, e.g. libjemalloc.so.2)
 #
@@ -18,6 +19,8 @@
 #            because libcurl 7.88 cannot reuse an h2c prior-knowledge
 #            connection (curl#10634).
 #   webhook  the webhook plug-in: HMAC-signed JSON POSTs over HTTP/1.1.
+#   smtp     the smtp plug-in: one SMTP transaction per e-mail (MIME text +
+#            HTML) to bb-smtp-sink --count-only, max_host_connections at a time.
 #   file     the file plug-in writing to /dev/null: the host's own cost.
 #
 # Every value of the space-separated lists is combined with every other;
@@ -36,6 +39,7 @@ concurrency_list="0"
 workers_list="1"
 repeat=1
 sink_delay=0
+host_conns=16
 build="$top/build-release"
 keep=0
 perf_dir=""
@@ -53,6 +57,7 @@ while [ $# -gt 0 ]; do
     --workers) workers_list=$2; shift ;;
     --repeat) repeat=$2; shift ;;
     --sink-delay-ms) sink_delay=$2; shift ;;
+    --host-connections) host_conns=$2; shift ;;
     --build) build=$2; shift ;;
     --keep) keep=1 ;;
     --perf) perf_dir=$2; shift ;;
@@ -134,6 +139,19 @@ channel.push.ca_file \"$tmp/sink.crt\"" ;;
     plugin_conf="channel.push.plugin webhook
 channel.push.url http://127.0.0.1:$sport/hook
 channel.push.secret_file \"$tmp/hook.secret\"" ;;
+  smtp)
+    # E-mail to bb-smtp-sink counting messages (the peer_apprise.py figure's server).
+    msink="$build/bench/bb-smtp-sink"
+    cc -std=gnu11 -O2 -g -D_GNU_SOURCE -o "$msink" "$top/tests/smtp-sink/smtp_sink.c" \
+      $(pkg-config --cflags --libs libevent libevent_openssl openssl)
+    "$msink" --port 0 --count-only >"$tmp/msink.out" 2>"$tmp/msink.log" &
+    kill "$spid"; wait "$spid" 2>/dev/null || true
+    spid=$!
+    for _ in $(seq 1 100); do grep -q listening "$tmp/msink.out" 2>/dev/null && break; sleep 0.05; done
+    mport=$(awk '/listening/ {n = split($2, a, ":"); print a[n]}' "$tmp/msink.out")
+    plugin_conf="channel.push.plugin smtp
+channel.push.url smtp://127.0.0.1:$mport
+channel.push.from meldingen@bench.buurtbus.example" ;;
   file)
     ln -s /dev/null "$tmp/out.jsonl"
     plugin_conf="channel.push.plugin file
@@ -176,6 +194,7 @@ read_count $rcnt
 block 100ms
 $plugin_conf
 channel.push.concurrency $conc
+max_host_connections $host_conns
 CONF
           "$build/bench/bench_worker" run --redis "127.0.0.1:$port" --users "$users" \
             --batches "$batches" --recipients "$recipients" --worker "$worker" \
@@ -189,10 +208,15 @@ CONF
     done
   done
 done
-kill -USR1 "$spid"; sleep 0.2
+if [ "$plugin" != smtp ]; then kill -USR1 "$spid"; sleep 0.2; fi
 echo
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "sink: $(cat "$tmp/sink.json")"
+if [ "$plugin" = smtp ]; then
+  kill "$spid"; wait "$spid" 2>/dev/null || true; spid=""
+  echo "sink: $(cat "$tmp/msink.out" | tail -1)"
+else
+  echo "sink: $(cat "$tmp/sink.json")"
+fi
 if grep -qv '^$' "$tmp/worker.log" 2>/dev/null; then
   echo "worker log (last lines):"; tail -5 "$tmp/worker.log"
 fi
