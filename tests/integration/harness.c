@@ -35,7 +35,7 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void sleep_ms(int ms)
+void bb_harness_sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
@@ -112,7 +112,7 @@ static void stop_server(void)
             waitpid(srv.pid, &status, 0);
             break;
         }
-        sleep_ms(10);
+        bb_harness_sleep_ms(10);
     }
     srv.pid = 0;
 }
@@ -214,7 +214,7 @@ static bool wait_ready(int *exited)
         } else if (c) {
             redisFree(c);
         }
-        sleep_ms(20);
+        bb_harness_sleep_ms(20);
     }
     return false;
 }
@@ -523,17 +523,15 @@ pid_t bb_harness_start_stand_in(const char *script, const char *portfile, const 
     return pid;
 }
 
-long long bb_harness_worker_unfinished(redisContext *c, const char *stream, const char *group,
-                                       const char *instance)
+long long bb_harness_stream_unfinished(redisContext *c, const char *stream, const char *group)
 {
     redisReply *r = redisCommand(c, "XPENDING %s %s", stream, group);
     if (!r || r->type != REDIS_REPLY_ARRAY) {
         freeReplyObject(r); /* no group yet */
         return 1;
     }
-    long long pending = r->elements > 0 && r->element[0]->type == REDIS_REPLY_INTEGER
-                            ? r->element[0]->integer
-                            : 0;
+    long long pending =
+        r->elements > 0 && r->element[0]->type == REDIS_REPLY_INTEGER ? r->element[0]->integer : 0;
     freeReplyObject(r);
     long long lag = -1;
     r = redisCommand(c, "XINFO GROUPS %s", stream);
@@ -557,8 +555,15 @@ long long bb_harness_worker_unfinished(redisContext *c, const char *stream, cons
         }
     }
     freeReplyObject(r);
-    r = redisCommand(c, "ZCARD bb:later:%s", instance);
+    return (lag < 0 ? 1 : lag) + pending;
+}
+
+long long bb_harness_worker_unfinished(redisContext *c, const char *stream, const char *group,
+                                       const char *instance)
+{
+    long long unread = bb_harness_stream_unfinished(c, stream, group);
+    redisReply *r = redisCommand(c, "ZCARD bb:later:%s", instance);
     long long later = r && r->type == REDIS_REPLY_INTEGER ? r->integer : 1;
     freeReplyObject(r);
-    return (lag < 0 ? 1 : lag) + pending + later;
+    return unread + later;
 }

@@ -9,6 +9,10 @@
  * writes with bb_harness_path) is removed after a passing run, kept after
  * a failing one or when BB_KEEP_TMP=1, and its path is printed.
  *
+ * What the worker end-to-end tests share on top of this (cmocka checks,
+ * DeliveryBatch packing, the worker as a child, receipts) is in
+ * worker_kit.h.
+ *
  * Threads: call everything from the test's main thread. */
 #ifndef BB_HARNESS_H
 #define BB_HARNESS_H
@@ -80,6 +84,13 @@ int bb_harness_free_port(void);
  * line, headers, body) NUL-terminated in buf. Returns the status code, or
  * -1 if nothing answered. */
 int bb_harness_http_get(int port, const char *path, char *buf, size_t cap);
+
+/* Sleeps ms milliseconds. */
+void bb_harness_sleep_ms(int ms);
+
+/* Entries of stream that its consumer group has not read (lag) or not
+ * acked (pending); a stream without the group counts as 1. */
+long long bb_harness_stream_unfinished(redisContext *c, const char *stream, const char *group);
 
 /* What a worker's channel instance has not finished: entries of stream its
  * consumer group has not read (lag) or not acked (pending), plus jobs in

@@ -24,6 +24,7 @@
 #include "directory.pb-c.h"
 #include "harness.h"
 #include "wire.h"
+#include "worker_kit.h"
 
 #define STREAM "bb:out:inbox"
 #define NUSERS 50
@@ -32,59 +33,17 @@
 static const struct bb_redis_server *srv;
 static redisContext *rc;
 static struct bb_zdict *dict_a, *dict_b; /* a is stored in Redis, b never */
-static struct bb_zenc *zenc;
 static char out_path[512];
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
-static redisReply *cmd(const char *fmt, ...)
+/* The standard report (worker_kit.h) report_id with text. */
+static Bb__Notification report(const char *report_id, const char *text)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(rc, fmt, ap);
-    va_end(ap);
-    assert_non_null(r);
-    assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
-    return r;
-}
-
-static long long cmd_int(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(rc, fmt, ap);
-    va_end(ap);
-    assert_non_null(r);
-    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
-    long long v = r->integer;
-    freeReplyObject(r);
-    return v;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static size_t pack_notification(const char *report_id, const char *text, uint8_t *buf)
-{
-    Bb__Notification n = BB__NOTIFICATION__INIT;
-    n.schema_version = 1;
-    n.kind = BB__NOTIFICATION_KIND__NOTIFICATION_KIND_REPORT;
-    n.report_id = (char *)report_id;
-    n.time_ms = 1732800000000LL;
-    n.category = BB__CATEGORY__CATEGORY_BURGLARY;
-    n.urgency = BB__URGENCY__URGENCY_IN_PROGRESS;
-    n.source = BB__SOURCE__SOURCE_RESIDENT;
-    n.locale = "nl";
-    n.title = "Inbraak";
+    Bb__Notification n;
+    bb_kit_report(&n, report_id);
     n.text = (char *)text;
-    n.author = "Jan";
-    n.cell = "u1hbcq7";
-    n.lat = 51.69;
-    n.lon = 5.30;
-    return bb__notification__pack(&n, buf);
+    return n;
 }
 
 static struct bb_zdict *train(unsigned seed)
@@ -98,7 +57,8 @@ static struct bb_zdict *train(unsigned seed)
         snprintf(text, sizeof(text),
                  "Verdachte persoon %u bij de achterdeur van nummer %u, seed %u, rond %02u:%02u",
                  i * 7919 % 1000, i % 97, seed, i % 24, i % 60);
-        sizes[i] = pack_notification(id, text, samples + off);
+        Bb__Notification n = report(id, text);
+        sizes[i] = bb__notification__pack(&n, samples + off);
         off += sizes[i];
     }
     static uint8_t dict[16384];
@@ -109,49 +69,29 @@ static struct bb_zdict *train(unsigned seed)
     return d;
 }
 
-/* A packed DeliveryBatch for report_id to recipients first..first+n-1. */
+/* A packed DeliveryBatch for report_id to recipients first..first+n-1,
+ * written now. */
 static size_t make_batch(uint8_t *out, size_t cap, const char *report_id, const char *text,
                          const struct bb_zdict *dict, uint64_t first, size_t n)
 {
-    uint8_t raw[2048], z[4096];
-    size_t rawlen = pack_notification(report_id, text, raw), zlen = 0;
-    assert_int_equal(bb_zenc_compress(zenc, dict, raw, rawlen, z, sizeof(z), &zlen), 0);
-    uint64_t rcpt[512];
-    assert_true(n <= 512);
-    for (size_t i = 0; i < n; i++) {
-        rcpt[i] = first + i;
-    }
-    char key[96];
-    snprintf(key, sizeof(key), "r:%s", report_id);
-    Bb__DeliveryBatch b = BB__DELIVERY_BATCH__INIT;
-    b.schema_version = 1;
-    b.channel = BB__CHANNEL__CHANNEL_INBOX;
-    b.notification_key = key;
-    b.locale = "nl";
-    b.notification_zstd.data = z;
-    b.notification_zstd.len = zlen;
-    b.recipient_kind = BB__RECIPIENT_KIND__RECIPIENT_KIND_USER;
-    b.recipients = rcpt;
-    b.n_recipients = n;
-    b.batch_count = 1;
-    b.urgency = BB__URGENCY__URGENCY_IN_PROGRESS;
-    b.source_time_ms = bb_now_ms();
-    size_t len = bb__delivery_batch__get_packed_size(&b);
-    assert_true(len <= cap);
-    return bb__delivery_batch__pack(&b, out);
+    Bb__Notification nt = report(report_id, text);
+    return bb_kit_batch(out, cap, &nt,
+                        &(struct bb_kit_batch){.channel = BB__CHANNEL__CHANNEL_INBOX,
+                                               .first = first,
+                                               .n = n,
+                                               .dict = dict,
+                                               .source_time_ms = bb_now_ms()});
 }
 
 static void xadd(const uint8_t *p, size_t len)
 {
-    freeReplyObject(cmd("XADD %s * p %b", STREAM, p, len));
+    bb_kit_xadd(rc, STREAM, p, len);
 }
 
 static pid_t worker_pid; /* the one running, killed by reset and teardown */
 static const char *extra_conf = "";
 
-static pid_t spawn_worker(const char *conf);
-
-static pid_t start_worker(const char *name)
+static void start_worker(const char *name)
 {
     char conf[2048];
     snprintf(conf, sizeof(conf),
@@ -159,40 +99,7 @@ static pid_t start_worker(const char *name)
              "channels inbox\nchannel.inbox.plugin file\nchannel.inbox.path \"%s\"\n"
              "retry_min 10ms\nretry_max 100ms\nmax_unconfirmed %d\n%s",
              srv->addr, name, BB_PLUGIN_DIR, out_path, MAX_UNCONFIRMED, extra_conf);
-    return spawn_worker(conf);
-}
-
-static pid_t spawn_worker(const char *conf)
-{
-    char cpath[512], logpath[512];
-    assert_non_null(bb_harness_write_file(cpath, sizeof(cpath), "worker.conf", conf));
-    bb_harness_path(logpath, sizeof(logpath), "worker.log");
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        FILE *f = freopen(logpath, "a", stderr);
-        (void)f;
-        execl(BB_WORKER_PATH, BB_WORKER_PATH, "-c", cpath, (char *)NULL);
-        _exit(127);
-    }
-    worker_pid = pid;
-    return pid;
-}
-
-static int stop_worker(pid_t pid, int sig)
-{
-    int st = 0;
-    worker_pid = 0;
-    kill(pid, sig);
-    for (int i = 0; i < 200; i++) {
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            return st;
-        }
-        sleep_ms(50);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-    return -1;
+    worker_pid = bb_kit_spawn_worker(BB_WORKER_PATH, conf, NULL);
 }
 
 static long long unfinished(void)
@@ -206,7 +113,7 @@ static bool wait_done(int timeout_ms)
         if (unfinished() == 0) {
             return true;
         }
-        sleep_ms(50);
+        bb_harness_sleep_ms(50);
     }
     return false;
 }
@@ -259,31 +166,12 @@ static size_t read_lines(const char *const *ids, size_t nids, unsigned *counts,
 
 static int setup(void **state)
 {
-    srv = bb_harness_redis_start();
-    if (!srv) {
-        return -1;
-    }
-    rc = bb_harness_redis_connect(srv);
-    zenc = bb_zenc_new(3);
-    return rc && zenc ? 0 : -1;
-}
-
-static void kill_worker(void)
-{
-    if (worker_pid > 0) {
-        kill(worker_pid, SIGKILL);
-        waitpid(worker_pid, NULL, 0);
-        worker_pid = 0;
-    }
+    return bb_kit_setup(&srv, &rc);
 }
 
 static int teardown(void **state)
 {
-    kill_worker();
-    if (rc) {
-        redisFree(rc);
-    }
-    bb_zenc_free(zenc);
+    bb_kit_teardown(&rc, &worker_pid, NULL);
     bb_zdict_unref(dict_a);
     bb_zdict_unref(dict_b);
     return 0;
@@ -291,8 +179,8 @@ static int teardown(void **state)
 
 static int reset(void **state)
 {
-    kill_worker();
-    freeReplyObject(cmd("FLUSHALL"));
+    bb_kit_stop(&worker_pid, SIGKILL, BB_KIT_STOP_MS);
+    freeReplyObject(bb_kit_cmd(rc, "FLUSHALL"));
     static int round;
     char name[64];
     snprintf(name, sizeof(name), "out-%d.jsonl", ++round);
@@ -307,7 +195,8 @@ static int reset(void **state)
         size_t len = bb__user__pack(&user, buf);
         char email[64];
         snprintf(email, sizeof(email), "user%" PRIu64 "@example.org", u);
-        freeReplyObject(cmd("HSET bb:user:%" PRIu64 " u %b email %s", u, buf, len, email));
+        freeReplyObject(
+            bb_kit_cmd(rc, "HSET bb:user:%" PRIu64 " u %b email %s", u, buf, len, email));
     }
     if (!dict_a) {
         dict_a = train(1);
@@ -316,7 +205,7 @@ static int reset(void **state)
     }
     size_t dlen;
     const void *d = bb_zdict_bytes(dict_a, &dlen);
-    freeReplyObject(cmd("SET bb:zdict:%u %b", bb_zdict_id(dict_a), d, dlen));
+    freeReplyObject(bb_kit_cmd(rc, "SET bb:zdict:%u %b", bb_zdict_id(dict_a), d, dlen));
     return 0;
 }
 
@@ -334,9 +223,9 @@ static void delivers_receipts_and_dead_letters(void **state)
     /* A recipient without a record: a receipt, nothing written. */
     xadd(buf, make_batch(buf, sizeof(buf), "rep4", "niemand", dict_a, 9001, 1));
 
-    pid_t pid = start_worker("w1");
+    start_worker("w1");
     bool done = wait_done(20000);
-    int st = stop_worker(pid, SIGTERM);
+    int st = bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
     assert_true(done);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 
@@ -367,27 +256,13 @@ static void delivers_receipts_and_dead_letters(void **state)
     json_object_put(sample);
 
     /* Receipts: 15 ok, 1 permanent unknown_user. */
-    redisReply *r = cmd("XRANGE bb:receipts - +");
-    assert_int_equal(r->elements, 16);
-    int ok = 0, unknown = 0;
-    for (size_t i = 0; i < r->elements; i++) {
-        redisReply *f = r->element[i]->element[1];
-        assert_string_equal(f->element[0]->str, "p");
-        Bb__Receipt *rec =
-            bb__receipt__unpack(NULL, f->element[1]->len, (const uint8_t *)f->element[1]->str);
-        assert_non_null(rec);
-        ok += rec->outcome == BB__OUTCOME__OUTCOME_OK;
-        unknown += rec->outcome == BB__OUTCOME__OUTCOME_PERMANENT &&
-                   strcmp(rec->reason, "unknown_user") == 0 &&
-                   strcmp(rec->delivery_id, "r:rep4:3:9001") == 0;
-        bb__receipt__free_unpacked(rec, NULL);
-    }
-    freeReplyObject(r);
-    assert_int_equal(ok, 15);
-    assert_int_equal(unknown, 1);
+    assert_int_equal(bb_kit_int(rc, "XLEN bb:receipts"), 16);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_OK, NULL, NULL), 15);
+    assert_int_equal(
+        bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_PERMANENT, "r:rep4:3:9001", "unknown_user"), 1);
 
     /* Dead letters: the corrupt batch and the unknown dictionary. */
-    r = cmd("XRANGE bb:dead - +");
+    redisReply *r = bb_kit_cmd(rc, "XRANGE bb:dead - +");
     assert_int_equal(r->elements, 2);
     bool decode = false, nodict = false;
     for (size_t i = 0; i < r->elements; i++) {
@@ -401,7 +276,7 @@ static void delivers_receipts_and_dead_letters(void **state)
     freeReplyObject(r);
     assert_true(decode);
     assert_true(nodict);
-    assert_int_equal(cmd_int("EXISTS bb:sent:inbox:r:rep1:3:1"), 1);
+    assert_int_equal(bb_kit_int(rc, "EXISTS bb:sent:inbox:r:rep1:3:1"), 1);
 }
 
 static void crash_and_restart_sends_nothing_twice(void **state)
@@ -413,7 +288,7 @@ static void crash_and_restart_sends_nothing_twice(void **state)
         snprintf(rep, sizeof(rep), "c%d", b);
         xadd(buf, make_batch(buf, sizeof(buf), rep, "na de crash", dict_a, 1, PER));
     }
-    pid_t pid = start_worker("w-crash");
+    start_worker("w-crash");
     /* Kill it mid-stream: some lines written, far from all. */
     for (int t = 0; t < 20000; t += 5) {
         FILE *f = fopen(out_path, "r");
@@ -426,18 +301,16 @@ static void crash_and_restart_sends_nothing_twice(void **state)
         if (size > 200 * 300) {
             break;
         }
-        sleep_ms(5);
+        bb_harness_sleep_ms(5);
     }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    worker_pid = 0;
+    bb_kit_stop(&worker_pid, SIGKILL, BB_KIT_STOP_MS);
     long long left = unfinished();
     print_message("killed with %lld entries unfinished\n", left);
     assert_true(left > 0);
 
-    pid = start_worker("w-crash");
+    start_worker("w-crash");
     bool done = wait_done(60000);
-    int st = stop_worker(pid, SIGTERM);
+    int st = bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
     assert_true(done);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 
@@ -456,7 +329,7 @@ static void crash_and_restart_sends_nothing_twice(void **state)
         assert_true(counts[i] <= 1);
         if (counts[i] == 0) {
             /* Only the documented window may lose one: recorded, never sent. */
-            assert_int_equal(cmd_int("EXISTS bb:sent:inbox:%s", ids[i]), 1);
+            assert_int_equal(bb_kit_int(rc, "EXISTS bb:sent:inbox:%s", ids[i]), 1);
             missing++;
         }
     }
@@ -477,14 +350,15 @@ static void abandoned_batches_are_claimed(void **state)
         snprintf(rep, sizeof(rep), "g%d", b);
         xadd(buf, make_batch(buf, sizeof(buf), rep, "verlaten", dict_a, 1, 5));
     }
-    freeReplyObject(cmd("XGROUP CREATE %s bb-workers 0 MKSTREAM", STREAM));
-    redisReply *r = cmd("XREADGROUP GROUP bb-workers ghost COUNT 10 STREAMS %s >", STREAM);
+    freeReplyObject(bb_kit_cmd(rc, "XGROUP CREATE %s bb-workers 0 MKSTREAM", STREAM));
+    redisReply *r =
+        bb_kit_cmd(rc, "XREADGROUP GROUP bb-workers ghost COUNT 10 STREAMS %s >", STREAM);
     freeReplyObject(r);
     extra_conf = "claim_idle 1s\nclaim_interval 200ms\n";
-    pid_t pid = start_worker("w-claim");
+    start_worker("w-claim");
     extra_conf = "";
     bool done = wait_done(20000);
-    int st = stop_worker(pid, SIGTERM);
+    int st = bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
     assert_true(done);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     const char *ids[15];
@@ -504,13 +378,10 @@ static void abandoned_batches_are_claimed(void **state)
  * ok, retry honouring Retry-After, gone and permanent failures. */
 static void http_outcomes(void **state)
 {
-    char portfile[512], accepted[512];
-    bb_harness_path(portfile, sizeof(portfile), "http.port");
-    bb_harness_path(accepted, sizeof(accepted), "http.accepted");
-    unlink(accepted);
-    int port = 0;
-    pid_t server = bb_harness_start_stand_in(BB_HTTP_SERVER, portfile, accepted, &port);
-    assert_true(server > 0 && port > 0);
+    char accepted[512];
+    int port;
+    pid_t server =
+        bb_kit_stand_in(BB_HTTP_SERVER, "http.accepted", accepted, sizeof(accepted), &port);
 
     static uint8_t buf[8192];
     xadd(buf, make_batch(buf, sizeof(buf), "h1", "http", dict_a, 1, 5));
@@ -521,12 +392,11 @@ static void http_outcomes(void **state)
              "channel.inbox.url http://127.0.0.1:%d/\n",
              srv->addr, BB_TEST_PLUGIN_DIR, port);
     int64_t t0 = bb_mono_ms();
-    pid_t pid = spawn_worker(conf);
+    worker_pid = bb_kit_spawn_worker(BB_WORKER_PATH, conf, NULL);
     bool done = wait_done(20000);
     int64_t took = bb_mono_ms() - t0;
-    int st = stop_worker(pid, SIGTERM);
-    kill(server, SIGTERM);
-    waitpid(server, NULL, 0);
+    int st = bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
+    bb_kit_stop(&server, SIGTERM, BB_KIT_STOP_MS);
     assert_true(done);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     assert_true(took >= 900); /* Retry-After: 1 was honoured */
@@ -550,29 +420,12 @@ static void http_outcomes(void **state)
         assert_int_equal(counts[i], 1);
     }
 
-    redisReply *r = cmd("XRANGE bb:receipts - +");
-    int ok = 0, retry = 0, gone = 0, perm = 0;
-    for (size_t i = 0; i < r->elements; i++) {
-        redisReply *fr = r->element[i]->element[1];
-        Bb__Receipt *rec =
-            bb__receipt__unpack(NULL, fr->element[1]->len, (const uint8_t *)fr->element[1]->str);
-        assert_non_null(rec);
-        ok += rec->outcome == BB__OUTCOME__OUTCOME_OK;
-        retry += rec->outcome == BB__OUTCOME__OUTCOME_RETRY &&
-                 strcmp(rec->delivery_id, "r:h1:3:3") == 0 && strcmp(rec->reason, "http_503") == 0;
-        gone += rec->outcome == BB__OUTCOME__OUTCOME_PERMANENT &&
-                strcmp(rec->reason, "unregistered") == 0;
-        perm +=
-            rec->outcome == BB__OUTCOME__OUTCOME_PERMANENT && strcmp(rec->reason, "bad_token") == 0;
-        bb__receipt__free_unpacked(rec, NULL);
-    }
-    freeReplyObject(r);
-    assert_int_equal(ok, 3);
-    assert_int_equal(retry, 1);
-    assert_int_equal(gone, 1);
-    assert_int_equal(perm, 1);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_OK, NULL, NULL), 3);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_RETRY, "r:h1:3:3", "http_503"), 1);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_PERMANENT, NULL, "unregistered"), 1);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_PERMANENT, NULL, "bad_token"), 1);
 
-    r = cmd("XRANGE bb:dead - +");
+    redisReply *r = bb_kit_cmd(rc, "XRANGE bb:dead - +");
     assert_int_equal(r->elements, 2);
     for (size_t i = 0; i < r->elements; i++) {
         redisReply *fr = r->element[i]->element[1];
@@ -587,11 +440,7 @@ static void http_outcomes(void **state)
 /* --check-config loads the plug-ins and checks their options, without Redis. */
 static void config_errors_are_clear(void **state)
 {
-    static const struct {
-        const char *extra;
-        int status;
-        const char *says;
-    } cases[] = {
+    static const struct bb_kit_check cases[] = {
         {"channel.inbox.plugin file\nchannel.inbox.path /tmp/x\n", 0, "configuration ok"},
         {"channel.inbox.plugin file\nchannel.inbox.path /tmp/x\nchannel.inbox.colour red\n", 1,
          "has no option 'colour'"},
@@ -603,26 +452,16 @@ static void config_errors_are_clear(void **state)
         {"channel.inbox.plugin file\nchannel.inbox.path /tmp/x\nchannel.inbox.fsync maybe\n", 1,
          "channel.inbox.fsync: bad value"},
     };
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]) + 1; i++) {
-        char conf[1024], cpath[512];
-        /* The last round: a plug-in built for a newer ABI is refused. */
-        bool badabi = i == sizeof(cases) / sizeof(cases[0]);
-        snprintf(conf, sizeof(conf), "redis 127.0.0.1:1\nplugin_dir \"%s\"\nchannels inbox\n%s",
-                 badabi ? BB_TEST_PLUGIN_DIR : BB_PLUGIN_DIR,
-                 badabi ? "channel.inbox.plugin badabi\n" : cases[i].extra);
-        int want = badabi ? 1 : cases[i].status;
-        const char *says = badabi ? "built for ABI version 2, this host speaks 1" : cases[i].says;
-        assert_non_null(bb_harness_write_file(cpath, sizeof(cpath), "check.conf", conf));
-        const char *argv[] = {BB_WORKER_PATH, "-c", cpath, "--check-config", NULL};
-        struct bb_run_result res;
-        assert_int_equal(bb_harness_run(argv, NULL, 30, &res), 0);
-        if (res.status != want || (!strstr(res.out, says) && !strstr(res.err, says))) {
-            print_error("case %zu: status %d\nout: %s\nerr: %s\n", i, res.status, res.out, res.err);
-        }
-        assert_int_equal(res.status, want);
-        assert_true(strstr(res.out, says) || strstr(res.err, says));
-        bb_run_result_free(&res);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char options[512];
+        snprintf(options, sizeof(options), "channels inbox\n%s", cases[i].options);
+        bb_kit_check_config(BB_WORKER_PATH, BB_PLUGIN_DIR,
+                            &(struct bb_kit_check){options, cases[i].status, cases[i].says});
     }
+    /* A plug-in built for a newer ABI is refused. */
+    bb_kit_check_config(BB_WORKER_PATH, BB_TEST_PLUGIN_DIR,
+                        &(struct bb_kit_check){"channels inbox\nchannel.inbox.plugin badabi\n", 1,
+                                               "built for ABI version 2, this host speaks 1"});
 }
 
 /* The worker's /metrics counts receipts by outcome and dead batches. */
@@ -636,7 +475,7 @@ static void metrics_count_outcomes(void **state)
     static char extra[128];
     snprintf(extra, sizeof(extra), "metrics_addr 127.0.0.1:%d\nclaim_interval 200ms\n", port);
     extra_conf = extra;
-    pid_t pid = start_worker("wm");
+    start_worker("wm");
     extra_conf = "";
     assert_true(wait_done(20000));
     static char body[65536];
@@ -654,7 +493,7 @@ static void metrics_count_outcomes(void **state)
         }
         usleep(50 * 1000);
     }
-    stop_worker(pid, SIGTERM);
+    bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
     assert_non_null(strstr(body, "bb_worker_stream_lag{channel=\"inbox\"} 0\n"));
     assert_non_null(strstr(body, "bb_worker_stream_pending{channel=\"inbox\"} 0\n"));
     assert_non_null(strstr(body, "bb_worker_later_jobs{channel=\"inbox\"} 0\n"));
@@ -663,7 +502,8 @@ static void metrics_count_outcomes(void **state)
     assert_non_null(strstr(body, "bb_worker_batches_total{channel=\"inbox\"} 2\n"));
     /* Six deliveries timed from their report, each well under ten minutes. */
     assert_non_null(strstr(body, "bb_worker_delivery_seconds_count{channel=\"inbox\"} 6\n"));
-    assert_non_null(strstr(body, "bb_worker_delivery_seconds_bucket{channel=\"inbox\",le=\"600\"} 6\n"));
+    assert_non_null(
+        strstr(body, "bb_worker_delivery_seconds_bucket{channel=\"inbox\",le=\"600\"} 6\n"));
 }
 
 /* ---- retries, collections and isolation (bb:later) ---------------------------------------- */
@@ -696,10 +536,10 @@ static unsigned count_lines(const char *id)
 static bool wait_int(long long want, int timeout_ms, const char *fmt, const char *arg)
 {
     for (int t = 0; t < timeout_ms; t += 20) {
-        if (cmd_int(fmt, arg) == want) {
+        if (bb_kit_int(rc, fmt, arg) == want) {
             return true;
         }
-        sleep_ms(20);
+        bb_harness_sleep_ms(20);
     }
     return false;
 }
@@ -708,13 +548,10 @@ static bool wait_int(long long want, int timeout_ms, const char *fmt, const char
  * worker killed while the retry waits, and a new worker sends it once. */
 static void retry_waits_in_redis_across_a_crash(void **state)
 {
-    char portfile[512], accepted[512];
-    bb_harness_path(portfile, sizeof(portfile), "http.port");
-    bb_harness_path(accepted, sizeof(accepted), "http.accepted");
-    unlink(accepted);
-    int port = 0;
-    pid_t server = bb_harness_start_stand_in(BB_HTTP_SERVER, portfile, accepted, &port);
-    assert_true(server > 0 && port > 0);
+    char accepted[512];
+    int port;
+    pid_t server =
+        bb_kit_stand_in(BB_HTTP_SERVER, "http.accepted", accepted, sizeof(accepted), &port);
     static uint8_t buf[8192];
     xadd(buf, make_batch(buf, sizeof(buf), "k1", "later", dict_a, 3, 1));
     char conf[2048];
@@ -723,12 +560,12 @@ static void retry_waits_in_redis_across_a_crash(void **state)
              "channels inbox\nchannel.inbox.plugin httptest\n"
              "channel.inbox.url http://127.0.0.1:%d/\n",
              srv->addr, BB_TEST_PLUGIN_DIR, port);
-    pid_t pid = spawn_worker(conf);
+    worker_pid = bb_kit_spawn_worker(BB_WORKER_PATH, conf, NULL);
     /* Recipient 3 answers 503 with Retry-After: 1 the first time. */
     assert_true(wait_int(1, 10000, "ZCARD %s", "bb:later:inbox"));
-    stop_worker(pid, SIGKILL);
+    bb_kit_stop(&worker_pid, SIGKILL, BB_KIT_STOP_MS);
     assert_int_equal(unfinished(), 1); /* the entry is done: only the job is left */
-    redisReply *r = cmd("HGET bb:later:inbox:jobs r:r:k1:3:3");
+    redisReply *r = bb_kit_cmd(rc, "HGET bb:later:inbox:jobs r:r:k1:3:3");
     assert_int_equal(r->type, REDIS_REPLY_STRING);
     Bb__PendingDelivery *pd = bb__pending_delivery__unpack(NULL, r->len, (uint8_t *)r->str);
     assert_non_null(pd);
@@ -737,13 +574,12 @@ static void retry_waits_in_redis_across_a_crash(void **state)
     assert_string_equal(pd->notification_key, "r:k1");
     bb__pending_delivery__free_unpacked(pd, NULL);
     freeReplyObject(r);
-    assert_int_equal(cmd_int("EXISTS bb:sent:inbox:r:k1:3:3"), 0); /* free to send again */
+    assert_int_equal(bb_kit_int(rc, "EXISTS bb:sent:inbox:r:k1:3:3"), 0); /* free to send again */
 
-    pid = spawn_worker(conf);
+    worker_pid = bb_kit_spawn_worker(BB_WORKER_PATH, conf, NULL);
     assert_true(wait_done(20000));
-    stop_worker(pid, SIGTERM);
-    kill(server, SIGTERM);
-    waitpid(server, NULL, 0);
+    bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
+    bb_kit_stop(&server, SIGTERM, BB_KIT_STOP_MS);
     FILE *f = fopen(accepted, "r");
     assert_non_null(f);
     char line[128];
@@ -753,7 +589,7 @@ static void retry_waits_in_redis_across_a_crash(void **state)
     }
     fclose(f);
     assert_int_equal(n, 1);
-    assert_int_equal(cmd_int("EXISTS bb:later:inbox:jobs"), 0);
+    assert_int_equal(bb_kit_int(rc, "EXISTS bb:later:inbox:jobs"), 0);
 }
 
 /* collect user: deliveries wait per user in Redis until the user's digest
@@ -776,7 +612,7 @@ static void digest_collects_then_sends_once(void **state)
         user.prefs = &prefs;
         uint8_t ub[256];
         size_t len = bb__user__pack(&user, ub);
-        freeReplyObject(cmd("HSET bb:user:%" PRIu64 " u %b", u, ub, len));
+        freeReplyObject(bb_kit_cmd(rc, "HSET bb:user:%" PRIu64 " u %b", u, ub, len));
     }
     static uint8_t buf[8192];
     static size_t d1len;
@@ -788,36 +624,36 @@ static void digest_collects_then_sends_once(void **state)
     static char extra[128];
     snprintf(extra, sizeof(extra), "later_poll 50ms\nchannel.inbox.collect user\n");
     extra_conf = extra;
-    pid_t pid = start_worker("wd");
+    start_worker("wd");
     extra_conf = "";
-    for (int t = 0; t < 20000 && cmd_int("HLEN bb:collect:inbox:u3") < 2; t += 20) {
-        sleep_ms(20);
+    for (int t = 0; t < 20000 && bb_kit_int(rc, "HLEN bb:collect:inbox:u3") < 2; t += 20) {
+        bb_harness_sleep_ms(20);
     }
     /* Collected, scheduled at the hour, nothing sent. */
-    assert_int_equal(cmd_int("ZCARD bb:later:inbox"), 3);
-    assert_int_equal(cmd_int("HLEN bb:collect:inbox:u1"), 3);
-    assert_int_equal(cmd_int("HLEN bb:collect:inbox:u3"), 2);
-    redisReply *r = cmd("ZSCORE bb:later:inbox c:u1");
+    assert_int_equal(bb_kit_int(rc, "ZCARD bb:later:inbox"), 3);
+    assert_int_equal(bb_kit_int(rc, "HLEN bb:collect:inbox:u1"), 3);
+    assert_int_equal(bb_kit_int(rc, "HLEN bb:collect:inbox:u3"), 2);
+    redisReply *r = bb_kit_cmd(rc, "ZSCORE bb:later:inbox c:u1");
     assert_int_equal(r->type, REDIS_REPLY_STRING);
     assert_int_equal(atoll(r->str), due);
     freeReplyObject(r);
     assert_int_equal(count_lines("r:d1:3:1"), 0);
     /* The same batch again (a redelivery) adds nothing. */
     xadd(d1, d1len);
-    sleep_ms(500);
-    assert_int_equal(cmd_int("HLEN bb:collect:inbox:u1"), 3);
+    bb_harness_sleep_ms(500);
+    assert_int_equal(bb_kit_int(rc, "HLEN bb:collect:inbox:u1"), 3);
 
     /* User 1's hour comes: one digest with the three, oldest first. */
-    freeReplyObject(cmd("ZADD bb:later:inbox 0 c:u1"));
+    freeReplyObject(bb_kit_cmd(rc, "ZADD bb:later:inbox 0 c:u1"));
     char id[96];
     snprintf(id, sizeof(id), "c:inbox:u1:%lld", due);
     for (int t = 0; t < 10000 && count_lines(id) == 0; t += 20) {
-        sleep_ms(20);
+        bb_harness_sleep_ms(20);
     }
     assert_true(wait_int(0, 5000, "EXISTS %s", "bb:collect:inbox:u1:sending"));
     assert_int_equal(count_lines(id), 1);
-    assert_int_equal(cmd_int("ZCARD bb:later:inbox"), 2); /* u2 and u3 still wait */
-    assert_int_equal(cmd_int("EXISTS bb:collect:inbox:u1"), 0);
+    assert_int_equal(bb_kit_int(rc, "ZCARD bb:later:inbox"), 2); /* u2 and u3 still wait */
+    assert_int_equal(bb_kit_int(rc, "EXISTS bb:collect:inbox:u1"), 0);
     json_object *o = NULL;
     const char *ids[] = {id};
     unsigned counts[1];
@@ -832,30 +668,22 @@ static void digest_collects_then_sends_once(void **state)
     assert_int_equal(json_object_array_length(items), 3);
     json_object_put(o);
     /* Each collected delivery has its receipt now. */
-    r = cmd("XRANGE bb:receipts - +");
     unsigned item_ok = 0;
-    for (size_t i = 0; i < r->elements; i++) {
-        redisReply *fr = r->element[i]->element[1];
-        Bb__Receipt *rec =
-            bb__receipt__unpack(NULL, fr->element[1]->len, (uint8_t *)fr->element[1]->str);
-        assert_non_null(rec);
-        item_ok += rec->outcome == BB__OUTCOME__OUTCOME_OK &&
-                   (strcmp(rec->delivery_id, "r:d1:3:1") == 0 ||
-                    strcmp(rec->delivery_id, "r:d2:3:1") == 0 ||
-                    strcmp(rec->delivery_id, "r:d3:3:1") == 0);
-        bb__receipt__free_unpacked(rec, NULL);
+    for (int d = 1; d <= 3; d++) {
+        char item[32];
+        snprintf(item, sizeof(item), "r:d%d:3:1", d);
+        item_ok += bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_OK, item, NULL);
     }
-    freeReplyObject(r);
     assert_int_equal(item_ok, 3);
 
     /* A new delivery for user 1 starts a new collection at the next hour. */
     xadd(buf, make_batch(buf, sizeof(buf), "d4", "vierde", dict_a, 1, 1));
     assert_true(wait_int(1, 10000, "HLEN %s", "bb:collect:inbox:u1"));
-    r = cmd("ZSCORE bb:later:inbox c:u1");
+    r = bb_kit_cmd(rc, "ZSCORE bb:later:inbox c:u1");
     assert_int_equal(r->type, REDIS_REPLY_STRING);
     assert_int_equal(atoll(r->str), due);
     freeReplyObject(r);
-    stop_worker(pid, SIGTERM);
+    bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
 }
 
 static bool log_has(const char *what)
@@ -888,12 +716,12 @@ static void breaker_parks_while_provider_is_down(void **state)
              "channel.inbox.plugin httptest\nchannel.inbox.url http://127.0.0.1:%d/\n"
              "channel.inbox.breaker_failures 3\nchannel.inbox.breaker_cooldown 300ms\n",
              srv->addr, BB_TEST_PLUGIN_DIR, port);
-    pid_t pid = spawn_worker(conf);
+    worker_pid = bb_kit_spawn_worker(BB_WORKER_PATH, conf, NULL);
     for (int t = 0; t < 10000 && !log_has("circuit open"); t += 50) {
-        sleep_ms(50);
+        bb_harness_sleep_ms(50);
     }
     assert_true(log_has("circuit open"));
-    assert_true(log_has("reason=circuit_open") || cmd_int("ZCARD bb:later:inbox") > 0);
+    assert_true(log_has("reason=circuit_open") || bb_kit_int(rc, "ZCARD bb:later:inbox") > 0);
 
     char portfile[512], accepted[512], sport[16];
     bb_harness_path(portfile, sizeof(portfile), "http.port");
@@ -906,9 +734,8 @@ static void breaker_parks_while_provider_is_down(void **state)
     unsetenv("BB_STAND_IN_PORT");
     assert_true(server > 0 && got == port);
     assert_true(wait_done(30000));
-    stop_worker(pid, SIGTERM);
-    kill(server, SIGTERM);
-    waitpid(server, NULL, 0);
+    bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
+    bb_kit_stop(&server, SIGTERM, BB_KIT_STOP_MS);
     assert_true(log_has("circuit closed"));
     FILE *f = fopen(accepted, "r");
     assert_non_null(f);
@@ -933,11 +760,11 @@ static void rate_limit_spaces_sends(void **state)
     xadd(buf, make_batch(buf, sizeof(buf), "t1", "rustig aan", dict_a, 1, 45));
     extra_conf = "channel.inbox.rate 20\nchannel.inbox.burst 5\n";
     int64_t t0 = bb_mono_ms();
-    pid_t pid = start_worker("wr");
+    start_worker("wr");
     extra_conf = "";
     assert_true(wait_done(20000));
     int64_t took = bb_mono_ms() - t0;
-    stop_worker(pid, SIGTERM);
+    bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
     const char *ids[45];
     char idbuf[45][32];
     for (int i = 0; i < 45; i++) {
@@ -955,16 +782,13 @@ static void plugin_chosen_by_platform(void **state)
 {
     for (uint64_t u = 1; u <= 6; u++) {
         const char *platform = u <= 2 ? "file" : u <= 4 ? "nope" : "httptest";
-        freeReplyObject(cmd("HSET bb:user:%" PRIu64 " push_platform %s push_token t%" PRIu64, u,
-                            platform, u));
+        freeReplyObject(bb_kit_cmd(
+            rc, "HSET bb:user:%" PRIu64 " push_platform %s push_token t%" PRIu64, u, platform, u));
     }
-    char portfile[512], accepted[512];
-    bb_harness_path(portfile, sizeof(portfile), "http.port");
-    bb_harness_path(accepted, sizeof(accepted), "http.accepted");
-    unlink(accepted);
-    int port = 0;
-    pid_t server = bb_harness_start_stand_in(BB_HTTP_SERVER, portfile, accepted, &port);
-    assert_true(server > 0 && port > 0);
+    char accepted[512];
+    int port;
+    pid_t server =
+        bb_kit_stand_in(BB_HTTP_SERVER, "http.accepted", accepted, sizeof(accepted), &port);
     static uint8_t buf[8192];
     xadd(buf, make_batch(buf, sizeof(buf), "p1", "platform", dict_a, 1, 6));
     char conf[2048];
@@ -979,11 +803,10 @@ static void plugin_chosen_by_platform(void **state)
     snprintf(link, sizeof(link), "%s/bb-channel-file.so", BB_TEST_PLUGIN_DIR);
     unlink(link);
     assert_int_equal(symlink(target, link), 0);
-    pid_t pid = spawn_worker(conf);
+    worker_pid = bb_kit_spawn_worker(BB_WORKER_PATH, conf, NULL);
     assert_true(wait_done(20000));
-    stop_worker(pid, SIGTERM);
-    kill(server, SIGTERM);
-    waitpid(server, NULL, 0);
+    bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
+    bb_kit_stop(&server, SIGTERM, BB_KIT_STOP_MS);
     unlink(link);
     assert_int_equal(count_lines("r:p1:3:1"), 1);
     assert_int_equal(count_lines("r:p1:3:2"), 1);
@@ -1000,12 +823,8 @@ static void plugin_chosen_by_platform(void **state)
     assert_int_equal(n5, 1);
     assert_int_equal(n, 2); /* 5 and 6 */
     /* 3 and 4 name no plug-in of the instance. */
-    redisReply *r = cmd("XRANGE bb:dead - +");
-    assert_int_equal(r->elements, 2);
-    for (size_t i = 0; i < r->elements; i++) {
-        assert_string_equal(r->element[i]->element[1]->element[1]->str, "no_plugin_for_platform");
-    }
-    freeReplyObject(r);
+    assert_int_equal(bb_kit_int(rc, "XLEN bb:dead"), 2);
+    assert_int_equal(bb_kit_dead(rc, "no_plugin_for_platform"), 2);
 }
 
 int main(void)

@@ -29,150 +29,33 @@
 #include "delivery.pb-c.h"
 #include "directory.pb-c.h"
 #include "harness.h"
-#include "wire.h"
+#include "worker_kit.h"
 
 #define SECRET "s3cr3t-webhook-key"
-#define TEXT "Twee mannen \"kijken\" bij\nde ramen \\ ç — klaar"
 
 static const struct bb_redis_server *srv;
 static redisContext *rc;
 static pid_t worker_pid, server_pid;
 
-static redisReply *cmd(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(rc, fmt, ap);
-    va_end(ap);
-    assert_non_null(r);
-    assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
-    return r;
-}
-
-static long long cmd_int(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(rc, fmt, ap);
-    va_end(ap);
-    assert_non_null(r);
-    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
-    long long v = r->integer;
-    freeReplyObject(r);
-    return v;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* A packed DeliveryBatch (no dictionary) for report_id to recipients 1..n. */
-static size_t make_batch(uint8_t *out, size_t cap, const char *report_id, int channel, size_t n)
+/* The standard report n1 with a photo, to recipients 1..n on stream. */
+static void add_batch(const char *stream, int channel, size_t n)
 {
     Bb__Media m = BB__MEDIA__INIT;
     Bb__Media *mp = &m;
     m.url = "https://media.example.org/a.jpg";
     m.mime_type = "image/jpeg";
-    Bb__Notification nt = BB__NOTIFICATION__INIT;
-    nt.schema_version = 1;
-    nt.kind = BB__NOTIFICATION_KIND__NOTIFICATION_KIND_REPORT;
-    nt.report_id = (char *)report_id;
-    nt.time_ms = 1732800000000LL;
-    nt.category = BB__CATEGORY__CATEGORY_BURGLARY;
-    nt.urgency = BB__URGENCY__URGENCY_IN_PROGRESS;
-    nt.source = BB__SOURCE__SOURCE_RESIDENT;
-    nt.locale = "nl";
-    nt.title = "Inbraak";
-    nt.text = TEXT;
-    nt.author = "Jan";
-    nt.cell = "u1hbcq7";
-    nt.lat = 51.69;
-    nt.lon = 5.30;
+    Bb__Notification nt;
+    bb_kit_report(&nt, "n1");
     nt.media = &mp;
     nt.n_media = 1;
-    uint8_t raw[2048], z[4096];
-    size_t rawlen = bb__notification__pack(&nt, raw), zlen = 0;
-    struct bb_zenc *enc = bb_zenc_new(3);
-    assert_non_null(enc);
-    assert_int_equal(bb_zenc_compress(enc, NULL, raw, rawlen, z, sizeof(z), &zlen), 0);
-    bb_zenc_free(enc);
-    uint64_t rcpt[16];
-    assert_true(n <= 16);
-    for (size_t i = 0; i < n; i++) {
-        rcpt[i] = i + 1;
-    }
-    char key[96];
-    snprintf(key, sizeof(key), "r:%s", report_id);
-    Bb__DeliveryBatch b = BB__DELIVERY_BATCH__INIT;
-    b.schema_version = 1;
-    b.channel = channel;
-    b.notification_key = key;
-    b.locale = "nl";
-    b.notification_zstd.data = z;
-    b.notification_zstd.len = zlen;
-    b.recipient_kind = BB__RECIPIENT_KIND__RECIPIENT_KIND_USER;
-    b.recipients = rcpt;
-    b.n_recipients = n;
-    b.batch_count = 1;
-    b.urgency = BB__URGENCY__URGENCY_IN_PROGRESS;
-    assert_true(bb__delivery_batch__get_packed_size(&b) <= cap);
-    return bb__delivery_batch__pack(&b, out);
+    bb_kit_add_batch(rc, stream, &nt,
+                     &(struct bb_kit_batch){.channel = channel, .first = 1, .n = n});
 }
 
 /* The instances are named after their streams' last part (bb:out:<inst>). */
 static long long unfinished(const char *stream)
 {
     return bb_harness_worker_unfinished(rc, stream, "bb-workers", strrchr(stream, ':') + 1);
-}
-
-static pid_t spawn_worker(const char *conf)
-{
-    char cpath[512], logpath[512];
-    assert_non_null(bb_harness_write_file(cpath, sizeof(cpath), "worker.conf", conf));
-    bb_harness_path(logpath, sizeof(logpath), "worker.log");
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        FILE *f = freopen(logpath, "a", stderr);
-        (void)f;
-        execl(BB_WORKER_PATH, BB_WORKER_PATH, "-c", cpath, (char *)NULL);
-        _exit(127);
-    }
-    worker_pid = pid;
-    return pid;
-}
-
-static int stop_child(pid_t *pid, int sig)
-{
-    int st = 0;
-    if (*pid <= 0) {
-        return -1;
-    }
-    kill(*pid, sig);
-    for (int i = 0; i < 200; i++) {
-        if (waitpid(*pid, &st, WNOHANG) == *pid) {
-            *pid = 0;
-            return st;
-        }
-        sleep_ms(50);
-    }
-    kill(*pid, SIGKILL);
-    waitpid(*pid, &st, 0);
-    *pid = 0;
-    return -1;
-}
-
-static int start_server(const char *log)
-{
-    char portfile[512];
-    bb_harness_path(portfile, sizeof(portfile), "webhook.port");
-    unlink(log);
-    int port = 0;
-    server_pid = bb_harness_start_stand_in(BB_WEBHOOK_SERVER, portfile, log, &port);
-    assert_true(server_pid > 0 && port > 0);
-    return port;
 }
 
 static const char *jstr(json_object *o, const char *k)
@@ -186,7 +69,7 @@ static void check_notification(json_object *o)
 {
     assert_string_equal(jstr(o, "kind"), "report");
     assert_string_equal(jstr(o, "report_id"), "n1");
-    assert_string_equal(jstr(o, "text"), TEXT);
+    assert_string_equal(jstr(o, "text"), BB_KIT_TEXT);
     assert_string_equal(jstr(o, "title"), "Inbraak");
     assert_string_equal(jstr(o, "category_name"), "burglary");
     assert_string_equal(jstr(o, "urgency"), "in_progress");
@@ -207,21 +90,12 @@ static void check_notification(json_object *o)
 
 static int setup(void **state)
 {
-    srv = bb_harness_redis_start();
-    if (!srv) {
-        return -1;
-    }
-    rc = bb_harness_redis_connect(srv);
-    return rc ? 0 : -1;
+    return bb_kit_setup(&srv, &rc);
 }
 
 static int teardown(void **state)
 {
-    stop_child(&worker_pid, SIGKILL);
-    stop_child(&server_pid, SIGTERM);
-    if (rc) {
-        redisFree(rc);
-    }
+    bb_kit_teardown(&rc, &worker_pid, &server_pid);
     return 0;
 }
 
@@ -229,7 +103,7 @@ static int teardown(void **state)
 
 static void inbox_and_webhook(void **state)
 {
-    freeReplyObject(cmd("FLUSHALL"));
+    freeReplyObject(bb_kit_cmd(rc, "FLUSHALL"));
     for (uint64_t u = 1; u <= 4; u++) {
         Bb__User user = BB__USER__INIT;
         user.id = u;
@@ -237,9 +111,9 @@ static void inbox_and_webhook(void **state)
         user.locale = "nl";
         uint8_t buf[256];
         size_t len = bb__user__pack(&user, buf);
-        freeReplyObject(cmd("HSET bb:user:%" PRIu64 " u %b push_token tok-%" PRIu64
-                            " push_platform fcm",
-                            u, buf, len, u));
+        freeReplyObject(bb_kit_cmd(
+            rc, "HSET bb:user:%" PRIu64 " u %b push_token tok-%" PRIu64 " push_platform fcm", u,
+            buf, len, u));
     }
     /* The live feed, followed before anything is sent. */
     redisContext *sub = bb_harness_redis_connect(srv);
@@ -249,15 +123,12 @@ static void inbox_and_webhook(void **state)
     freeReplyObject(r);
 
     char log[512], secret[512], conf[2048];
-    bb_harness_path(log, sizeof(log), "webhook.jsonl");
     assert_non_null(bb_harness_write_file(secret, sizeof(secret), "webhook.secret", SECRET "\n"));
-    int port = start_server(log);
+    int port;
+    server_pid = bb_kit_stand_in(BB_WEBHOOK_SERVER, "webhook.jsonl", log, sizeof(log), &port);
 
-    static uint8_t buf[8192];
-    size_t n = make_batch(buf, sizeof(buf), "n1", BB__CHANNEL__CHANNEL_INBOX, 3);
-    freeReplyObject(cmd("XADD bb:out:inbox * p %b", buf, n));
-    n = make_batch(buf, sizeof(buf), "n1", BB__CHANNEL__CHANNEL_PUSH, 4);
-    freeReplyObject(cmd("XADD bb:out:webhook * p %b", buf, n));
+    add_batch("bb:out:inbox", BB__CHANNEL__CHANNEL_INBOX, 3);
+    add_batch("bb:out:webhook", BB__CHANNEL__CHANNEL_PUSH, 4);
 
     snprintf(conf, sizeof(conf),
              "redis %s\nname w-iw\nplugin_dir \"%s\"\nblock 100ms\nretry_min 10ms\n"
@@ -267,25 +138,24 @@ static void inbox_and_webhook(void **state)
              "channel.webhook.secret_file \"%s\"\n",
              srv->addr, BB_PLUGIN_DIR, port, secret);
     int64_t t0 = bb_mono_ms();
-    pid_t pid = spawn_worker(conf);
+    worker_pid = bb_kit_spawn_worker(BB_WORKER_PATH, conf, NULL);
     bool done = false;
     for (int t = 0; t < 20000 && !done; t += 50) {
         done = unfinished("bb:out:inbox") == 0 && unfinished("bb:out:webhook") == 0;
         if (!done) {
-            sleep_ms(50);
+            bb_harness_sleep_ms(50);
         }
     }
     int64_t took = bb_mono_ms() - t0;
-    int st = stop_child(&pid, SIGTERM);
-    worker_pid = 0;
-    stop_child(&server_pid, SIGTERM);
+    int st = bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
+    bb_kit_stop(&server_pid, SIGTERM, BB_KIT_STOP_MS);
     assert_true(done);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     assert_true(took >= 900); /* Retry-After: 1 was honoured */
 
     /* Inbox: one entry per user, id then p, the notification JSON. */
     for (uint64_t u = 1; u <= 3; u++) {
-        r = cmd("XRANGE bb:inbox:%" PRIu64 " - +", u);
+        r = bb_kit_cmd(rc, "XRANGE bb:inbox:%" PRIu64 " - +", u);
         assert_int_equal(r->elements, 1);
         redisReply *f = r->element[0]->element[1];
         assert_int_equal(f->elements, 4);
@@ -374,41 +244,23 @@ static void inbox_and_webhook(void **state)
     assert_int_equal(unavailable, 1);
 
     /* Receipts: 3 inbox + 3 webhook ok, one retry http_503, one permanent http_410. */
-    r = cmd("XRANGE bb:receipts - +");
-    int nok = 0, retry = 0, perm = 0;
-    for (size_t i = 0; i < r->elements; i++) {
-        redisReply *fr = r->element[i]->element[1];
-        Bb__Receipt *rec =
-            bb__receipt__unpack(NULL, fr->element[1]->len, (const uint8_t *)fr->element[1]->str);
-        assert_non_null(rec);
-        nok += rec->outcome == BB__OUTCOME__OUTCOME_OK;
-        retry += rec->outcome == BB__OUTCOME__OUTCOME_RETRY &&
-                 strcmp(rec->delivery_id, "r:n1:1:3") == 0 && strcmp(rec->reason, "http_503") == 0;
-        perm += rec->outcome == BB__OUTCOME__OUTCOME_PERMANENT &&
-                strcmp(rec->delivery_id, "r:n1:1:2") == 0 && strcmp(rec->reason, "http_410") == 0;
-        bb__receipt__free_unpacked(rec, NULL);
-    }
-    freeReplyObject(r);
-    assert_int_equal(nok, 6);
-    assert_int_equal(retry, 1);
-    assert_int_equal(perm, 1);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_OK, NULL, NULL), 6);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_RETRY, "r:n1:1:3", "http_503"), 1);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_PERMANENT, "r:n1:1:2", "http_410"),
+                     1);
 
     /* The gone address is a dead letter. */
-    r = cmd("XRANGE bb:dead - +");
-    assert_int_equal(r->elements, 1);
-    redisReply *fr = r->element[0]->element[1];
-    assert_string_equal(fr->element[0]->str, "reason");
-    assert_string_equal(fr->element[1]->str, "http_410");
-    freeReplyObject(r);
+    assert_int_equal(bb_kit_int(rc, "XLEN bb:dead"), 1);
+    assert_int_equal(bb_kit_dead(rc, "http_410"), 1);
     /* GONE, not just PERMANENT: the address is removed from the user's
      * record, the others' stay, and the directory hears of it. */
-    assert_int_equal(cmd_int("HEXISTS bb:user:2 push_token"), 0);
-    assert_int_equal(cmd_int("HEXISTS bb:user:2 push_platform"), 0);
-    assert_int_equal(cmd_int("HEXISTS bb:user:1 push_token"), 1);
-    assert_int_equal(cmd_int("HEXISTS bb:user:3 push_token"), 1);
-    r = cmd("XRANGE bb:directory - +");
+    assert_int_equal(bb_kit_int(rc, "HEXISTS bb:user:2 push_token"), 0);
+    assert_int_equal(bb_kit_int(rc, "HEXISTS bb:user:2 push_platform"), 0);
+    assert_int_equal(bb_kit_int(rc, "HEXISTS bb:user:1 push_token"), 1);
+    assert_int_equal(bb_kit_int(rc, "HEXISTS bb:user:3 push_token"), 1);
+    r = bb_kit_cmd(rc, "XRANGE bb:directory - +");
     assert_int_equal(r->elements, 1);
-    fr = r->element[0]->element[1];
+    redisReply *fr = r->element[0]->element[1];
     assert_string_equal(fr->element[0]->str, "p");
     Bb__DirectoryEvent *ev = bb__directory_event__unpack(NULL, fr->element[1]->len,
                                                          (const uint8_t *)fr->element[1]->str);
@@ -434,32 +286,13 @@ static void config_checks(void **state)
     snprintf(no_secret, sizeof(no_secret),
              "channels webhook\nchannel.webhook.plugin webhook\n"
              "channel.webhook.url http://127.0.0.1:1/\n");
-    const struct {
-        const char *extra;
-        int status;
-        const char *says;
-    } cases[] = {
+    const struct bb_kit_check cases[] = {
         {ok_webhook, 0, "configuration ok"},
         {no_secret, 1, "channel.webhook.secret_file: required"},
         {"channels inbox\nchannel.inbox.plugin inbox\nchannel.inbox.max_items 0\n", 1,
          "max_items: must be at least 1"},
     };
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        char conf[2048], cpath[512];
-        snprintf(conf, sizeof(conf), "redis 127.0.0.1:1\nplugin_dir \"%s\"\n%s", BB_PLUGIN_DIR,
-                 cases[i].extra);
-        assert_non_null(bb_harness_write_file(cpath, sizeof(cpath), "check.conf", conf));
-        const char *argv[] = {BB_WORKER_PATH, "-c", cpath, "--check-config", NULL};
-        struct bb_run_result res;
-        assert_int_equal(bb_harness_run(argv, NULL, 30, &res), 0);
-        if (res.status != cases[i].status ||
-            (!strstr(res.out, cases[i].says) && !strstr(res.err, cases[i].says))) {
-            print_error("case %zu: status %d\nout: %s\nerr: %s\n", i, res.status, res.out, res.err);
-        }
-        assert_int_equal(res.status, cases[i].status);
-        assert_true(strstr(res.out, cases[i].says) || strstr(res.err, cases[i].says));
-        bb_run_result_free(&res);
-    }
+    bb_kit_check_configs(BB_WORKER_PATH, BB_PLUGIN_DIR, cases, sizeof(cases) / sizeof(cases[0]));
 }
 
 int main(void)

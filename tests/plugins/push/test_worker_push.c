@@ -40,9 +40,8 @@
 #include "delivery.pb-c.h"
 #include "directory.pb-c.h"
 #include "harness.h"
-#include "wire.h"
+#include "worker_kit.h"
 
-#define TEXT "Twee mannen \"kijken\" bij\nde ramen \\ ç — klaar"
 #define GROUP "Rosmalen-Noord"
 #define CELL "u1hbcq7"
 #define PROJECT "buurtbus-test"
@@ -81,95 +80,19 @@ static void device_token(unsigned u, const char *plat, char *out, size_t cap)
     snprintf(out, cap, "%s-%u", k, u);
 }
 
-static redisReply *cmd(const char *fmt, ...)
+/* The standard report report_id, sent now with urgency to the group,
+ * as a batch to users 1..n. */
+static void add_batch(const char *report_id, int urgency, size_t n)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(rc, fmt, ap);
-    va_end(ap);
-    assert_non_null(r);
-    assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
-    return r;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* A packed DeliveryBatch (no dictionary) for report_id to users 1..n. */
-static size_t make_batch(uint8_t *out, size_t cap, const char *report_id, int urgency, size_t n)
-{
-    Bb__Notification nt = BB__NOTIFICATION__INIT;
-    nt.schema_version = 1;
-    nt.kind = BB__NOTIFICATION_KIND__NOTIFICATION_KIND_REPORT;
-    nt.report_id = (char *)report_id;
+    Bb__Notification nt;
+    bb_kit_report(&nt, report_id);
     nt.time_ms = (int64_t)time(NULL) * 1000;
-    nt.category = BB__CATEGORY__CATEGORY_BURGLARY;
     nt.urgency = urgency;
-    nt.source = BB__SOURCE__SOURCE_RESIDENT;
-    nt.locale = "nl";
-    nt.title = "Inbraak";
-    nt.text = TEXT;
-    nt.author = "Jan";
     nt.cell = CELL;
-    nt.lat = 51.69;
-    nt.lon = 5.30;
     nt.group_name = GROUP;
-    uint8_t raw[2048], z[4096];
-    size_t rawlen = bb__notification__pack(&nt, raw), zlen = 0;
-    struct bb_zenc *enc = bb_zenc_new(3);
-    assert_non_null(enc);
-    assert_int_equal(bb_zenc_compress(enc, NULL, raw, rawlen, z, sizeof(z), &zlen), 0);
-    bb_zenc_free(enc);
-    uint64_t rcpt[NUSERS];
-    assert_true(n <= NUSERS);
-    for (size_t i = 0; i < n; i++) {
-        rcpt[i] = i + 1;
-    }
-    char key[96];
-    snprintf(key, sizeof(key), "r:%s", report_id);
-    Bb__DeliveryBatch b = BB__DELIVERY_BATCH__INIT;
-    b.schema_version = 1;
-    b.channel = BB__CHANNEL__CHANNEL_PUSH;
-    b.notification_key = key;
-    b.locale = "nl";
-    b.notification_zstd.data = z;
-    b.notification_zstd.len = zlen;
-    b.recipient_kind = BB__RECIPIENT_KIND__RECIPIENT_KIND_USER;
-    b.recipients = rcpt;
-    b.n_recipients = n;
-    b.batch_count = 1;
-    b.urgency = urgency;
-    assert_true(bb__delivery_batch__get_packed_size(&b) <= cap);
-    return bb__delivery_batch__pack(&b, out);
-}
-
-/* The instance is named after its stream's last part (bb:out:push). */
-static long long unfinished(const char *stream)
-{
-    return bb_harness_worker_unfinished(rc, stream, "bb-workers", strrchr(stream, ':') + 1);
-}
-
-static int stop_child(pid_t *pid, int sig)
-{
-    int st = 0;
-    if (*pid <= 0) {
-        return -1;
-    }
-    kill(*pid, sig);
-    for (int i = 0; i < 200; i++) {
-        if (waitpid(*pid, &st, WNOHANG) == *pid) {
-            *pid = 0;
-            return st;
-        }
-        sleep_ms(50);
-    }
-    kill(*pid, SIGKILL);
-    waitpid(*pid, &st, 0);
-    *pid = 0;
-    return -1;
+    bb_kit_add_batch(
+        rc, "bb:out:push", &nt,
+        &(struct bb_kit_batch){.channel = BB__CHANNEL__CHANNEL_PUSH, .first = 1, .n = n});
 }
 
 static const char *jstr(json_object *o, const char *k)
@@ -342,8 +265,9 @@ static void write_users(const char *plat, size_t nusers)
         size_t len = bb__user__pack(&user, buf);
         char tok[64];
         device_token(u, plat, tok, sizeof(tok));
-        freeReplyObject(cmd("HSET bb:user:%u u %b push_token %s push_platform %s", u, buf, len, tok,
-                            platform_override ? platform_override[u - 1] : plat));
+        freeReplyObject(bb_kit_cmd(rc, "HSET bb:user:%u u %b push_token %s push_platform %s", u,
+                                   buf, len, tok,
+                                   platform_override ? platform_override[u - 1] : plat));
     }
 }
 
@@ -424,7 +348,7 @@ static void check_apns_message(struct run *r, json_object *entry, const char *bo
     json_object *alert = jobj(aps, "alert");
     assert_string_equal(jstr(alert, "title"), "Inbraak");
     /* show_text on: the text itself. */
-    assert_string_equal(jstr(alert, "body"), TEXT);
+    assert_string_equal(jstr(alert, "body"), BB_KIT_TEXT);
     assert_string_equal(jstr(aps, "thread-id"), CELL);
     json_object *v;
     assert_int_equal(json_object_object_get_ex(aps, "sound", &v), report == 1);
@@ -494,28 +418,10 @@ static void read_provider_log(struct run *r, const char *log)
     r->conns = (unsigned)__builtin_popcountl(conn_mask);
 }
 
-/* The receipt outcome of delivery id with reason (NULL: any) counted. */
-static unsigned receipts(Bb__Outcome outcome, const char *delivery, const char *reason)
-{
-    redisReply *r = cmd("XRANGE bb:receipts - +");
-    unsigned n = 0;
-    for (size_t i = 0; i < r->elements; i++) {
-        redisReply *fr = r->element[i]->element[1];
-        Bb__Receipt *rec =
-            bb__receipt__unpack(NULL, fr->element[1]->len, (const uint8_t *)fr->element[1]->str);
-        assert_non_null(rec);
-        n += rec->outcome == outcome && (!delivery || strcmp(rec->delivery_id, delivery) == 0) &&
-             (!reason || strcmp(rec->reason, reason) == 0);
-        bb__receipt__free_unpacked(rec, NULL);
-    }
-    freeReplyObject(r);
-    return n;
-}
-
 /* The dead letter's reason for delivery, or "" if none (one at most). */
 static void dead_reason(const char *delivery, char *out, size_t cap)
 {
-    redisReply *r = cmd("XRANGE bb:dead - +");
+    redisReply *r = bb_kit_cmd(rc, "XRANGE bb:dead - +");
     out[0] = '\0';
     unsigned found = 0;
     for (size_t i = 0; i < r->elements; i++) {
@@ -570,29 +476,21 @@ static void run_worker(struct run *r, const char *plat, bool tls, size_t n1, siz
     memset(r, 0, sizeof(*r));
     r->plat = plat;
     write_provider_conf(tls);
-    freeReplyObject(cmd("FLUSHALL"));
+    freeReplyObject(bb_kit_cmd(rc, "FLUSHALL"));
     write_users(plat, n1 > n2 ? n1 : n2);
 
-    char log[512], portfile[512], conf[4096], cpath[512], wlog[512], label[32];
+    char log[512], conf[4096], wlog[512], wlog_name[64], label[32];
     snprintf(label, sizeof(label), "%s-%s", strchr(plat, ',') ? "both" : plat, tls ? "tls" : "h2c");
     snprintf(conf, sizeof(conf), "%s.jsonl", label);
-    bb_harness_path(log, sizeof(log), conf);
-    bb_harness_path(portfile, sizeof(portfile), "provider.port");
-    unlink(log);
     setenv("BB_PUSH_PROVIDER_CONFIG", provider_conf, 1);
-    int port = 0;
-    server_pid = bb_harness_start_stand_in(BB_PUSH_PROVIDER, portfile, log, &port);
-    assert_true(server_pid > 0 && port > 0);
+    int port;
+    server_pid = bb_kit_stand_in(BB_PUSH_PROVIDER, conf, log, sizeof(log), &port);
 
-    static uint8_t buf[8192];
-    size_t n;
     if (n1) {
-        n = make_batch(buf, sizeof(buf), "n1", BB__URGENCY__URGENCY_IN_PROGRESS, n1);
-        freeReplyObject(cmd("XADD bb:out:push * p %b", buf, n));
+        add_batch("n1", BB__URGENCY__URGENCY_IN_PROGRESS, n1);
     }
     if (n2) {
-        n = make_batch(buf, sizeof(buf), "n2", BB__URGENCY__URGENCY_RECENT, n2);
-        freeReplyObject(cmd("XADD bb:out:push * p %b", buf, n));
+        add_batch("n2", BB__URGENCY__URGENCY_RECENT, n2);
     }
 
     int len = snprintf(conf, sizeof(conf),
@@ -607,41 +505,24 @@ static void run_worker(struct run *r, const char *plat, bool tls, size_t n1, siz
     } else {
         plugin_conf(conf + len, sizeof(conf) - (size_t)len, plat, "channel.push.", tls, port);
     }
-    assert_non_null(bb_harness_write_file(cpath, sizeof(cpath), "worker.conf", conf));
-    snprintf(conf, sizeof(conf), "worker-%s.log", label);
-    bb_harness_path(wlog, sizeof(wlog), conf);
-    worker_pid = fork();
-    assert_true(worker_pid >= 0);
-    if (worker_pid == 0) {
-        FILE *f = freopen(wlog, "a", stderr);
-        (void)f;
-        execl(BB_WORKER_PATH, BB_WORKER_PATH, "-c", cpath, (char *)NULL);
-        _exit(127);
-    }
+    snprintf(wlog_name, sizeof(wlog_name), "worker-%s.log", label);
+    bb_harness_path(wlog, sizeof(wlog), wlog_name);
+    worker_pid = bb_kit_spawn_worker(BB_WORKER_PATH, conf, wlog_name);
     bool done = false;
     for (int t = 0; t < 20000 && !done; t += 50) {
-        done = unfinished("bb:out:push") == 0;
+        done = bb_harness_worker_unfinished(rc, "bb:out:push", "bb-workers", "push") == 0;
         if (!done) {
-            sleep_ms(50);
+            bb_harness_sleep_ms(50);
         }
     }
-    int st = stop_child(&worker_pid, SIGTERM);
-    stop_child(&server_pid, SIGTERM);
+    int st = bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
+    bb_kit_stop(&server_pid, SIGTERM, BB_KIT_STOP_MS);
     if (!done) {
         print_error("bb:out:push not finished; see %s\n", wlog);
     }
     assert_true(done);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     read_provider_log(r, log);
-}
-
-static long long hexists(unsigned user, const char *field)
-{
-    redisReply *r = cmd("HEXISTS bb:user:%u %s", user, field);
-    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
-    long long v = r->integer;
-    freeReplyObject(r);
-    return v;
 }
 
 /* What both plug-ins share: each delivery reached the provider as
@@ -659,33 +540,36 @@ static void check_outcomes(const struct run *r, const char *gone_reason, const c
         case 3: /* gone */
             assert_int_equal(s->ok, 0);
             assert_int_equal(s->failed, 1);
-            assert_int_equal(receipts(BB__OUTCOME__OUTCOME_PERMANENT, id, gone_reason), 1);
+            assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_PERMANENT, id, gone_reason),
+                             1);
             assert_string_equal(dead, gone_reason);
             /* GONE: the host removed the token from the user's record. */
-            assert_int_equal(hexists(3, "push_token"), 0);
+            assert_int_equal(bb_kit_int(rc, "HEXISTS bb:user:3 push_token"), 0);
             break;
         case 4: /* busy: 429, then delivered */
         case 5: /* flaky: 503, then delivered */
             assert_int_equal(s->ok, 1);
             assert_int_equal(s->failed, 1);
             assert_int_equal(s->fail_status, u == 4 ? 429 : 503);
-            assert_int_equal(
-                receipts(BB__OUTCOME__OUTCOME_RETRY, id, u == 4 ? busy_reason : flaky_reason), 1);
-            assert_int_equal(receipts(BB__OUTCOME__OUTCOME_OK, id, NULL), 1);
+            assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_RETRY, id,
+                                             u == 4 ? busy_reason : flaky_reason),
+                             1);
+            assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_OK, id, NULL), 1);
             assert_string_equal(dead, "");
             break;
         case 6: /* bad */
         case NUSERS:
             assert_int_equal(s->ok, 0);
             assert_int_equal(s->failed, 1);
-            assert_int_equal(
-                receipts(BB__OUTCOME__OUTCOME_PERMANENT, id, u == 6 ? bad_reason : last_reason), 1);
+            assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_PERMANENT, id,
+                                             u == 6 ? bad_reason : last_reason),
+                             1);
             assert_string_equal(dead, u == 6 ? bad_reason : last_reason);
             break;
         default:
             assert_int_equal(s->ok, 1);
             assert_int_equal(s->failed, 0);
-            assert_int_equal(receipts(BB__OUTCOME__OUTCOME_OK, id, NULL), 1);
+            assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_OK, id, NULL), 1);
             assert_string_equal(dead, "");
         }
     }
@@ -694,9 +578,9 @@ static void check_outcomes(const struct run *r, const char *gone_reason, const c
         assert_int_equal(r->by[2][u].failed, 0);
     }
     /* 13 deliveries: 9 delivered, 2 of them after one retry; 3 failed. */
-    assert_int_equal(receipts(BB__OUTCOME__OUTCOME_OK, NULL, NULL), 10);
-    assert_int_equal(receipts(BB__OUTCOME__OUTCOME_RETRY, NULL, NULL), 2);
-    assert_int_equal(receipts(BB__OUTCOME__OUTCOME_PERMANENT, NULL, NULL), 3);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_OK, NULL, NULL), 10);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_RETRY, NULL, NULL), 2);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_PERMANENT, NULL, NULL), 3);
     assert_int_equal(r->messages, 15);
     /* One credential for every message, and multiplexing: fewer
      * connections than requests. */
@@ -709,12 +593,7 @@ static void check_outcomes(const struct run *r, const char *gone_reason, const c
 
 static int setup(void **state)
 {
-    srv = bb_harness_redis_start();
-    if (!srv) {
-        return -1;
-    }
-    rc = bb_harness_redis_connect(srv);
-    if (!rc) {
+    if (bb_kit_setup(&srv, &rc) != 0) {
         return -1;
     }
     make_keys();
@@ -730,11 +609,7 @@ static int reset_tokens(void **state)
 
 static int teardown(void **state)
 {
-    stop_child(&worker_pid, SIGKILL);
-    stop_child(&server_pid, SIGTERM);
-    if (rc) {
-        redisFree(rc);
-    }
+    bb_kit_teardown(&rc, &worker_pid, &server_pid);
     return 0;
 }
 
@@ -774,7 +649,7 @@ static void fcm_host_http(void **state)
     assert_int_equal(r.token_requests, 1);
     assert_int_equal(r.messages, 1);
     assert_int_equal(r.by[1][1].ok, 1);
-    assert_int_equal(receipts(BB__OUTCOME__OUTCOME_OK, "r:n1:1:1", NULL), 1);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_OK, "r:n1:1:1", NULL), 1);
 }
 
 static void apns_host_http(void **state)
@@ -783,7 +658,7 @@ static void apns_host_http(void **state)
     run_worker(&r, "apns", false, 1, 0);
     assert_int_equal(r.messages, 1);
     assert_int_equal(r.by[1][1].ok, 1);
-    assert_int_equal(receipts(BB__OUTCOME__OUTCOME_OK, "r:n1:1:1", NULL), 1);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_OK, "r:n1:1:1", NULL), 1);
 }
 
 /* A refused credential: FCM's 401 drops the access token and the retry
@@ -802,8 +677,9 @@ static void fcm_token_refused(void **state)
     assert_string_equal(r.by[1][1].fail_auth, "ya29.stand-in-1");
     assert_string_equal(r.by[1][1].ok_auth, "ya29.stand-in-2");
     assert_int_equal(r.by[1][2].ok, 1);
-    assert_int_equal(receipts(BB__OUTCOME__OUTCOME_RETRY, "r:n1:1:1", "unauthenticated"), 1);
-    assert_int_equal(receipts(BB__OUTCOME__OUTCOME_OK, NULL, NULL), 2);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_RETRY, "r:n1:1:1", "unauthenticated"),
+                     1);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_OK, NULL, NULL), 2);
 }
 
 static void apns_token_refused(void **state)
@@ -818,8 +694,9 @@ static void apns_token_refused(void **state)
     assert_int_equal(r.by[1][1].fail_status, 403);
     assert_true(strcmp(r.by[1][1].fail_auth, r.by[1][1].ok_auth) != 0);
     assert_int_equal(r.by[1][2].ok, 1);
-    assert_int_equal(receipts(BB__OUTCOME__OUTCOME_RETRY, "r:n1:1:1", "expired_provider_token"), 1);
-    assert_int_equal(receipts(BB__OUTCOME__OUTCOME_OK, NULL, NULL), 2);
+    assert_int_equal(
+        bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_RETRY, "r:n1:1:1", "expired_provider_token"), 1);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_OK, NULL, NULL), 2);
 }
 
 /* One instance, both plug-ins: each recipient goes to the plug-in its
@@ -836,12 +713,15 @@ static void both_by_platform(void **state)
     assert_int_equal(r.messages, 4);
     assert_int_equal(r.by[1][1].ok + r.by[1][2].ok, 2);
     assert_int_equal(r.by[1][3].failed + r.by[1][4].failed, 2);
-    assert_int_equal(receipts(BB__OUTCOME__OUTCOME_OK, NULL, NULL), 2);
-    assert_int_equal(receipts(BB__OUTCOME__OUTCOME_PERMANENT, "r:n1:1:3", "unregistered"), 1);
-    assert_int_equal(receipts(BB__OUTCOME__OUTCOME_PERMANENT, "r:n1:1:4", "unregistered"), 1);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_OK, NULL, NULL), 2);
+    assert_int_equal(
+        bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_PERMANENT, "r:n1:1:3", "unregistered"), 1);
+    assert_int_equal(
+        bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_PERMANENT, "r:n1:1:4", "unregistered"), 1);
     /* No plug-in for webpush in this instance. */
-    assert_int_equal(receipts(BB__OUTCOME__OUTCOME_PERMANENT, "r:n1:1:5", "no_plugin_for_platform"),
-                     1);
+    assert_int_equal(
+        bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_PERMANENT, "r:n1:1:5", "no_plugin_for_platform"),
+        1);
 }
 
 /* Option checks through --check-config (init runs: keys are loaded). */
@@ -868,11 +748,7 @@ static void config_checks(void **state)
              "channels push\nchannel.push.plugin apns\nchannel.push.key_file \"%s\"\n"
              "channel.push.key_id K\nchannel.push.team_id T\nchannel.push.topic a.b\n",
              rsa_pem);
-    const struct {
-        const char *extra;
-        int status;
-        const char *says;
-    } cases[] = {
+    const struct bb_kit_check cases[] = {
         {fcm_ok, 0, "configuration ok"},
         {fcm_nofile, 1, "service_account_file: cannot read"},
         {"channels push\nchannel.push.plugin fcm\n", 1, "service_account_file: required"},
@@ -882,22 +758,7 @@ static void config_checks(void **state)
         {"channels push\nchannel.push.plugin apns\nchannel.push.key_file /x\n", 1,
          "channel.push.key_id: required"},
     };
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        char conf[2048], cpath[512];
-        snprintf(conf, sizeof(conf), "redis 127.0.0.1:1\nplugin_dir \"%s\"\n%s", BB_PLUGIN_DIR,
-                 cases[i].extra);
-        assert_non_null(bb_harness_write_file(cpath, sizeof(cpath), "check.conf", conf));
-        const char *argv[] = {BB_WORKER_PATH, "-c", cpath, "--check-config", NULL};
-        struct bb_run_result res;
-        assert_int_equal(bb_harness_run(argv, NULL, 30, &res), 0);
-        if (res.status != cases[i].status ||
-            (!strstr(res.out, cases[i].says) && !strstr(res.err, cases[i].says))) {
-            print_error("case %zu: status %d\nout: %s\nerr: %s\n", i, res.status, res.out, res.err);
-        }
-        assert_int_equal(res.status, cases[i].status);
-        assert_true(strstr(res.out, cases[i].says) || strstr(res.err, cases[i].says));
-        bb_run_result_free(&res);
-    }
+    bb_kit_check_configs(BB_WORKER_PATH, BB_PLUGIN_DIR, cases, sizeof(cases) / sizeof(cases[0]));
 }
 
 int main(void)

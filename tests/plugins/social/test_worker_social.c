@@ -46,6 +46,7 @@
 #include "directory.pb-c.h"
 #include "harness.h"
 #include "wire.h"
+#include "worker_kit.h"
 
 #define SECRET_TEXT "GEHEIM: de man in de rode jas woont op Dorpsstraat 12"
 #define SECRET_AUTHOR "Jan Geheimzinnig"
@@ -61,23 +62,6 @@
 static const struct bb_redis_server *srv;
 static redisContext *rc;
 static pid_t worker_pid, server_pid;
-
-static redisReply *cmd(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(rc, fmt, ap);
-    va_end(ap);
-    assert_non_null(r);
-    assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
-    return r;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 /* One notification of the scenario. */
 struct case_note {
@@ -105,16 +89,12 @@ static void add_batch(const char *stream, const struct case_note *c, uint64_t gr
     m.url = "https://media.example.org/private-photo.jpg";
     m.mime_type = "image/jpeg";
     m.publishable = 0;
-    Bb__Notification nt = BB__NOTIFICATION__INIT;
-    nt.schema_version = 1;
+    Bb__Notification nt;
+    bb_kit_report(&nt, c->key + 2);
     nt.kind = c->kind;
-    nt.report_id = (char *)(c->key + 2);
     nt.status_id = c->kind == BB__NOTIFICATION_KIND__NOTIFICATION_KIND_STATUS ? "s1" : "";
     nt.time_ms = WHEN_MS;
     nt.category = c->category;
-    nt.urgency = BB__URGENCY__URGENCY_IN_PROGRESS;
-    nt.source = BB__SOURCE__SOURCE_RESIDENT;
-    nt.locale = "nl";
     nt.title = SECRET_TITLE;
     nt.text = SECRET_TEXT;
     nt.author = SECRET_AUTHOR;
@@ -125,97 +105,13 @@ static void add_batch(const char *stream, const struct case_note *c, uint64_t gr
     nt.status = c->status;
     nt.media = &mp;
     nt.n_media = 1;
-    uint8_t raw[2048], z[4096], out[8192];
-    size_t rawlen = bb__notification__pack(&nt, raw), zlen = 0;
-    struct bb_zenc *enc = bb_zenc_new(3);
-    assert_non_null(enc);
-    assert_int_equal(bb_zenc_compress(enc, NULL, raw, rawlen, z, sizeof(z), &zlen), 0);
-    bb_zenc_free(enc);
-    Bb__DeliveryBatch b = BB__DELIVERY_BATCH__INIT;
-    b.schema_version = 1;
-    b.channel = BB__CHANNEL__CHANNEL_SOCIAL;
-    b.notification_key = (char *)c->key;
-    b.locale = "nl";
-    b.notification_zstd.data = z;
-    b.notification_zstd.len = zlen;
-    b.recipient_kind = BB__RECIPIENT_KIND__RECIPIENT_KIND_GROUP;
-    b.recipients = &group;
-    b.n_recipients = 1;
-    b.batch_count = 1;
-    b.urgency = BB__URGENCY__URGENCY_IN_PROGRESS;
-    assert_true(bb__delivery_batch__get_packed_size(&b) <= sizeof(out));
-    size_t n = bb__delivery_batch__pack(&b, out);
-    freeReplyObject(cmd("XADD %s * p %b", stream, out, n));
-}
-
-static long long unfinished(const char *stream, const char *group)
-{
-    redisReply *r = redisCommand(rc, "XPENDING %s %s", stream, group);
-    assert_non_null(r);
-    if (r->type == REDIS_REPLY_ERROR) {
-        freeReplyObject(r);
-        return 1;
-    }
-    long long pending =
-        r->type == REDIS_REPLY_ARRAY && r->elements > 0 ? r->element[0]->integer : 0;
-    freeReplyObject(r);
-    r = cmd("XINFO GROUPS %s", stream);
-    long long lag = -1;
-    for (size_t g = 0; r->type == REDIS_REPLY_ARRAY && g < r->elements; g++) {
-        redisReply *gr = r->element[g];
-        bool mine = false;
-        long long l = -1;
-        for (size_t k = 0; k + 1 < gr->elements; k += 2) {
-            redisReply *v = gr->element[k + 1];
-            if (strcmp(gr->element[k]->str, "name") == 0 && v->type == REDIS_REPLY_STRING) {
-                mine = strcmp(v->str, group) == 0;
-            } else if (strcmp(gr->element[k]->str, "lag") == 0 && v->type == REDIS_REPLY_INTEGER) {
-                l = v->integer;
-            }
-        }
-        if (mine) {
-            lag = l;
-        }
-    }
-    freeReplyObject(r);
-    return lag < 0 ? 1 + pending : lag + pending;
-}
-
-static pid_t spawn_worker(const char *conf)
-{
-    char cpath[512], logpath[512];
-    assert_non_null(bb_harness_write_file(cpath, sizeof(cpath), "worker.conf", conf));
-    bb_harness_path(logpath, sizeof(logpath), "worker.log");
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        FILE *f = freopen(logpath, "a", stderr);
-        (void)f;
-        execl(BB_WORKER_PATH, BB_WORKER_PATH, "-c", cpath, (char *)NULL);
-        _exit(127);
-    }
-    worker_pid = pid;
-    return pid;
-}
-
-static int stop_child(pid_t *pid, int sig)
-{
-    int st = 0;
-    if (*pid <= 0) {
-        return -1;
-    }
-    kill(*pid, sig);
-    for (int i = 0; i < 200; i++) {
-        if (waitpid(*pid, &st, WNOHANG) == *pid) {
-            *pid = 0;
-            return st;
-        }
-        sleep_ms(50);
-    }
-    kill(*pid, SIGKILL);
-    waitpid(*pid, &st, 0);
-    *pid = 0;
-    return -1;
+    bb_kit_add_batch(
+        rc, stream, &nt,
+        &(struct bb_kit_batch){.channel = BB__CHANNEL__CHANNEL_SOCIAL,
+                               .recipient_kind = BB__RECIPIENT_KIND__RECIPIENT_KIND_GROUP,
+                               .first = group,
+                               .n = 1,
+                               .key = c->key});
 }
 
 static const char *jstr(json_object *o, const char *k)
@@ -253,21 +149,12 @@ static void check_public(const char *text)
 
 static int setup(void **state)
 {
-    srv = bb_harness_redis_start();
-    if (!srv) {
-        return -1;
-    }
-    rc = bb_harness_redis_connect(srv);
-    return rc ? 0 : -1;
+    return bb_kit_setup(&srv, &rc);
 }
 
 static int teardown(void **state)
 {
-    stop_child(&worker_pid, SIGKILL);
-    stop_child(&server_pid, SIGTERM);
-    if (rc) {
-        redisFree(rc);
-    }
+    bb_kit_teardown(&rc, &worker_pid, &server_pid);
     return 0;
 }
 
@@ -308,47 +195,19 @@ static const char *label_of(const char *text)
                                    : "r:n1+n4";
 }
 
-static long long receipts_ok(void)
-{
-    redisReply *r = cmd("XRANGE bb:receipts - +");
-    long long ok = 0;
-    for (size_t i = 0; i < r->elements; i++) {
-        redisReply *fr = r->element[i]->element[1];
-        Bb__Receipt *rec =
-            bb__receipt__unpack(NULL, fr->element[1]->len, (const uint8_t *)fr->element[1]->str);
-        assert_non_null(rec);
-        ok += rec->outcome == BB__OUTCOME__OUTCOME_OK;
-        bb__receipt__free_unpacked(rec, NULL);
-    }
-    freeReplyObject(r);
-    return ok;
-}
-
-static long long zcard(const char *key)
-{
-    redisReply *r = cmd("ZCARD %s", key);
-    long long n = r->integer;
-    freeReplyObject(r);
-    return n;
-}
-
 /* Deliveries ok: 5 notifications x 3 instances. */
 #define RECEIPTS_OK 15
 
 static void three_instances(void **state)
 {
-    freeReplyObject(cmd("FLUSHALL"));
-    char log[512], portfile[512], mt[512], xt[512], ft[512], bt[512], conf[4096];
-    bb_harness_path(log, sizeof(log), "social.jsonl");
-    bb_harness_path(portfile, sizeof(portfile), "social.port");
+    freeReplyObject(bb_kit_cmd(rc, "FLUSHALL"));
+    char log[512], mt[512], xt[512], ft[512], bt[512], conf[4096];
     assert_non_null(bb_harness_write_file(mt, sizeof(mt), "mastodon.token", MASTODON_TOKEN "\n"));
     assert_non_null(bb_harness_write_file(xt, sizeof(xt), "x.token", X_TOKEN "\n"));
     assert_non_null(bb_harness_write_file(ft, sizeof(ft), "fb.token", FB_TOKEN "\n"));
     assert_non_null(bb_harness_write_file(bt, sizeof(bt), "bad.token", BAD_TOKEN "\n"));
-    unlink(log);
-    int port = 0;
-    server_pid = bb_harness_start_stand_in(BB_SOCIAL_API, portfile, log, &port);
-    assert_true(server_pid > 0 && port > 0);
+    int port;
+    server_pid = bb_kit_stand_in(BB_SOCIAL_API, "social.jsonl", log, sizeof(log), &port);
 
     /* What the broker writes: each notification once, to bb:out:social. */
     for (size_t k = 0; k < sizeof(notes) / sizeof(notes[0]); k++) {
@@ -379,26 +238,23 @@ static void three_instances(void **state)
              "channel.xbad.api_url http://127.0.0.1:%d\n"
              "channel.xbad.access_token_file \"%s\"\n",
              srv->addr, BB_PLUGIN_DIR, port, mt, port, xt, port, ft, port, bt);
-    pid_t pid = spawn_worker(conf);
+    worker_pid = bb_kit_spawn_worker(BB_WORKER_PATH, conf, NULL);
     bool done = false;
     const char *groups[] = {"g-mastodon", "g-x", "g-facebook", "g-xbad"};
     const char *insts[] = {"mastodon", "x", "facebook", "xbad"};
     for (int t = 0; t < 25000 && !done; t += 100) {
-        redisReply *dead = cmd("XLEN bb:dead");
-        done = receipts_ok() >= RECEIPTS_OK && dead->integer >= 5;
-        freeReplyObject(dead);
+        done = bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_OK, NULL, NULL) >= RECEIPTS_OK &&
+               bb_kit_int(rc, "XLEN bb:dead") >= 5;
         for (size_t i = 0; i < 4 && done; i++) {
-            char key[64];
-            snprintf(key, sizeof(key), "bb:later:%s", insts[i]);
-            done = unfinished("bb:out:social", groups[i]) == 0 && zcard(key) == 0;
+            /* Read, acked, and no retry waiting in bb:later:<instance>. */
+            done = bb_harness_worker_unfinished(rc, "bb:out:social", groups[i], insts[i]) == 0;
         }
         if (!done) {
-            sleep_ms(100);
+            bb_harness_sleep_ms(100);
         }
     }
-    int st = stop_child(&pid, SIGTERM);
-    worker_pid = 0;
-    stop_child(&server_pid, SIGTERM);
+    int st = bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
+    bb_kit_stop(&server_pid, SIGTERM, BB_KIT_STOP_MS);
     assert_true(done);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 
@@ -532,13 +388,11 @@ static void three_instances(void **state)
 
     /* Receipts: every delivery ok once (X's n4 as "duplicate"); the rate
      * limits and the lost answer as retries; xbad's as unauthorized. */
-    redisReply *r = cmd("XRANGE bb:receipts - +");
+    Bb__Receipt **recs;
+    size_t nrecs = bb_kit_receipts_read(rc, &recs);
     int ok = 0, dup_ok = 0, rate = 0, lost = 0, denied = 0, other = 0;
-    for (size_t i = 0; i < r->elements; i++) {
-        redisReply *fr = r->element[i]->element[1];
-        Bb__Receipt *rec =
-            bb__receipt__unpack(NULL, fr->element[1]->len, (const uint8_t *)fr->element[1]->str);
-        assert_non_null(rec);
+    for (size_t i = 0; i < nrecs; i++) {
+        const Bb__Receipt *rec = recs[i];
         if (rec->outcome == BB__OUTCOME__OUTCOME_OK) {
             ok++;
             /* n1 and n4 read the same; whichever X got second is the duplicate
@@ -562,9 +416,8 @@ static void three_instances(void **state)
                         rec->outcome, rec->reason);
             other++;
         }
-        bb__receipt__free_unpacked(rec, NULL);
     }
-    freeReplyObject(r);
+    bb_kit_receipts_free(recs, nrecs);
     assert_int_equal(ok, RECEIPTS_OK);
     assert_int_equal(dup_ok, 1);
     assert_int_equal(rate, 3);   /* n2 on each instance */
@@ -573,14 +426,8 @@ static void three_instances(void **state)
     assert_int_equal(other, 0);
     assert_int_equal(unauthorized, 5);
     /* xbad's deliveries are dead letters, nothing else is. */
-    r = cmd("XRANGE bb:dead - +");
-    assert_int_equal(r->elements, 5);
-    for (size_t i = 0; i < r->elements; i++) {
-        redisReply *fr = r->element[i]->element[1];
-        assert_string_equal(fr->element[0]->str, "reason");
-        assert_string_equal(fr->element[1]->str, "unauthorized");
-    }
-    freeReplyObject(r);
+    assert_int_equal(bb_kit_int(rc, "XLEN bb:dead"), 5);
+    assert_int_equal(bb_kit_dead(rc, "unauthorized"), 5);
 
     /* The worker's log never shows a token or a post. */
     char logpath[512];
@@ -793,46 +640,23 @@ static void config_checks(void **state)
              "channels facebook\nchannel.facebook.plugin facebook\n"
              "channel.facebook.access_token_file \"%s\"\n",
              tok);
-    const struct {
-        const char *extra;
-        int status;
-        const char *says;
-    } cases[] = {
+    const struct bb_kit_check cases[] = {
         {ok, 0, "configuration ok"},
         {no_token, 1, "channel.x.access_token_file: required"},
         {bad_vis, 1, "visibility: expected public, unlisted, private or direct"},
         {no_page, 1, "channel.facebook.page_id: required"},
     };
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        char conf[4096], cpath[512];
-        snprintf(conf, sizeof(conf), "redis 127.0.0.1:1\nplugin_dir \"%s\"\n%s", BB_PLUGIN_DIR,
-                 cases[i].extra);
-        assert_non_null(bb_harness_write_file(cpath, sizeof(cpath), "check.conf", conf));
-        const char *argv[] = {BB_WORKER_PATH, "-c", cpath, "--check-config", NULL};
-        struct bb_run_result res;
-        assert_int_equal(bb_harness_run(argv, NULL, 30, &res), 0);
-        if (res.status != cases[i].status ||
-            (!strstr(res.out, cases[i].says) && !strstr(res.err, cases[i].says))) {
-            print_error("case %zu: status %d\nout: %s\nerr: %s\n", i, res.status, res.out, res.err);
-        }
-        assert_int_equal(res.status, cases[i].status);
-        assert_true(strstr(res.out, cases[i].says) || strstr(res.err, cases[i].says));
-        bb_run_result_free(&res);
-    }
+    bb_kit_check_configs(BB_WORKER_PATH, BB_PLUGIN_DIR, cases, sizeof(cases) / sizeof(cases[0]));
 }
 
 /* collect 7d: a group's reports of the week become one aggregated post. */
 static void aggregated_post(void **state)
 {
-    freeReplyObject(cmd("FLUSHALL"));
-    char log[512], portfile[512], mt[512], conf[2048];
-    bb_harness_path(log, sizeof(log), "social-agg.jsonl");
-    bb_harness_path(portfile, sizeof(portfile), "social-agg.port");
+    freeReplyObject(bb_kit_cmd(rc, "FLUSHALL"));
+    char log[512], mt[512], conf[2048];
     assert_non_null(bb_harness_write_file(mt, sizeof(mt), "mastodon.token", MASTODON_TOKEN "\n"));
-    unlink(log);
-    int port = 0;
-    server_pid = bb_harness_start_stand_in(BB_SOCIAL_API, portfile, log, &port);
-    assert_true(server_pid > 0 && port > 0);
+    int port;
+    server_pid = bb_kit_stand_in(BB_SOCIAL_API, "social-agg.jsonl", log, sizeof(log), &port);
     /* Centrum (group 7): two reports and an update. */
     add_batch("bb:out:social", &notes[0], 7);
     add_batch("bb:out:social", &notes[3], 7);
@@ -844,19 +668,19 @@ static void aggregated_post(void **state)
              "channel.mastodon.instance_url http://127.0.0.1:%d/\n"
              "channel.mastodon.access_token_file \"%s\"\n",
              srv->addr, BB_PLUGIN_DIR, port, mt);
-    pid_t pid = spawn_worker(conf);
+    worker_pid = bb_kit_spawn_worker(BB_WORKER_PATH, conf, NULL);
     bool collected = false;
     for (int t = 0; t < 20000 && !collected; t += 100) {
-        redisReply *r = cmd("HLEN bb:collect:mastodon:g7");
-        collected = r->integer == 3 && unfinished("bb:out:social", "bb-workers") == 0;
-        freeReplyObject(r);
+        /* Read and acked; the collection itself waits in bb:later:mastodon. */
+        collected = bb_kit_int(rc, "HLEN bb:collect:mastodon:g7") == 3 &&
+                    bb_harness_stream_unfinished(rc, "bb:out:social", "bb-workers") == 0;
         if (!collected) {
-            sleep_ms(100);
+            bb_harness_sleep_ms(100);
         }
     }
     assert_true(collected);
     /* Due at the next multiple of a week; nothing posted before. */
-    redisReply *r = cmd("ZSCORE bb:later:mastodon c:g7");
+    redisReply *r = bb_kit_cmd(rc, "ZSCORE bb:later:mastodon c:g7");
     assert_int_equal(r->type, REDIS_REPLY_STRING);
     long long due = atoll(r->str);
     freeReplyObject(r);
@@ -866,15 +690,14 @@ static void aggregated_post(void **state)
     assert_true(stat(log, &sb) != 0 || sb.st_size == 0);
 
     /* The week ends: one post for the three. */
-    freeReplyObject(cmd("ZADD bb:later:mastodon 0 c:g7"));
-    for (int t = 0; t < 20000 && zcard("bb:later:mastodon") != 0; t += 100) {
-        sleep_ms(100);
+    freeReplyObject(bb_kit_cmd(rc, "ZADD bb:later:mastodon 0 c:g7"));
+    for (int t = 0; t < 20000 && bb_kit_int(rc, "ZCARD bb:later:mastodon") != 0; t += 100) {
+        bb_harness_sleep_ms(100);
     }
-    int st = stop_child(&pid, SIGTERM);
-    worker_pid = 0;
-    stop_child(&server_pid, SIGTERM);
+    int st = bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
+    bb_kit_stop(&server_pid, SIGTERM, BB_KIT_STOP_MS);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-    assert_int_equal(zcard("bb:later:mastodon"), 0);
+    assert_int_equal(bb_kit_int(rc, "ZCARD bb:later:mastodon"), 0);
     FILE *f = fopen(log, "r");
     assert_non_null(f);
     static char line[65536];
@@ -895,7 +718,8 @@ static void aggregated_post(void **state)
     }
     fclose(f);
     assert_int_equal(posts, 1);
-    assert_int_equal(receipts_ok(), 4); /* the post, and each of the three it holds */
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_OK, NULL, NULL),
+                     4); /* the post, and each of the three it holds */
 }
 
 int main(void)

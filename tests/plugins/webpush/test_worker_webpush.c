@@ -32,9 +32,8 @@
 #include "directory.pb-c.h"
 #include "harness.h"
 #include "jwt.h"
-#include "wire.h"
+#include "worker_kit.h"
 
-#define TEXT "Twee mannen \"kijken\" bij\nde ramen \\ ç — klaar"
 #define SUBJECT "mailto:ops@buurtbus.example"
 #define NSUBS 4 /* users 1..4 have the stand-in's subscriptions; user 5 a broken one */
 
@@ -42,134 +41,15 @@ static const struct bb_redis_server *srv;
 static redisContext *rc;
 static pid_t worker_pid, server_pid;
 
-static redisReply *cmd(const char *fmt, ...)
+/* The standard report report_id with urgency, to recipients 1..n. */
+static void add_batch(const char *report_id, int urgency, size_t n)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(rc, fmt, ap);
-    va_end(ap);
-    assert_non_null(r);
-    assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
-    return r;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* A packed DeliveryBatch (no dictionary) for report_id to recipients 1..n. */
-static size_t make_batch(uint8_t *out, size_t cap, const char *report_id, int urgency, size_t n)
-{
-    Bb__Notification nt = BB__NOTIFICATION__INIT;
-    nt.schema_version = 1;
-    nt.kind = BB__NOTIFICATION_KIND__NOTIFICATION_KIND_REPORT;
-    nt.report_id = (char *)report_id;
-    nt.time_ms = 1732800000000LL;
-    nt.category = BB__CATEGORY__CATEGORY_BURGLARY;
+    Bb__Notification nt;
+    bb_kit_report(&nt, report_id);
     nt.urgency = urgency;
-    nt.source = BB__SOURCE__SOURCE_RESIDENT;
-    nt.locale = "nl";
-    nt.title = "Inbraak";
-    nt.text = TEXT;
-    nt.author = "Jan";
-    nt.cell = "u1hbcq7";
-    nt.lat = 51.69;
-    nt.lon = 5.30;
-    uint8_t raw[2048], z[4096];
-    size_t rawlen = bb__notification__pack(&nt, raw), zlen = 0;
-    struct bb_zenc *enc = bb_zenc_new(3);
-    assert_non_null(enc);
-    assert_int_equal(bb_zenc_compress(enc, NULL, raw, rawlen, z, sizeof(z), &zlen), 0);
-    bb_zenc_free(enc);
-    uint64_t rcpt[16];
-    assert_true(n <= 16);
-    for (size_t i = 0; i < n; i++) {
-        rcpt[i] = i + 1;
-    }
-    char key[96];
-    snprintf(key, sizeof(key), "r:%s", report_id);
-    Bb__DeliveryBatch b = BB__DELIVERY_BATCH__INIT;
-    b.schema_version = 1;
-    b.channel = BB__CHANNEL__CHANNEL_PUSH;
-    b.notification_key = key;
-    b.locale = "nl";
-    b.notification_zstd.data = z;
-    b.notification_zstd.len = zlen;
-    b.recipient_kind = BB__RECIPIENT_KIND__RECIPIENT_KIND_USER;
-    b.recipients = rcpt;
-    b.n_recipients = n;
-    b.batch_count = 1;
-    b.urgency = urgency;
-    assert_true(bb__delivery_batch__get_packed_size(&b) <= cap);
-    return bb__delivery_batch__pack(&b, out);
-}
-
-static long long unfinished(const char *stream)
-{
-    redisReply *r = redisCommand(rc, "XPENDING %s bb-workers", stream);
-    assert_non_null(r);
-    if (r->type == REDIS_REPLY_ERROR) {
-        freeReplyObject(r);
-        return 1;
-    }
-    long long pending =
-        r->type == REDIS_REPLY_ARRAY && r->elements > 0 ? r->element[0]->integer : 0;
-    freeReplyObject(r);
-    r = cmd("XINFO GROUPS %s", stream);
-    long long lag = -1;
-    for (size_t g = 0; r->type == REDIS_REPLY_ARRAY && g < r->elements; g++) {
-        redisReply *gr = r->element[g];
-        for (size_t k = 0; k + 1 < gr->elements; k += 2) {
-            if (strcmp(gr->element[k]->str, "lag") == 0 &&
-                gr->element[k + 1]->type == REDIS_REPLY_INTEGER) {
-                lag = gr->element[k + 1]->integer;
-            }
-        }
-    }
-    freeReplyObject(r);
-    /* Retries a host parks in Redis (bb:later:<instance>) until they are due. */
-    r = cmd("ZCARD bb:later:push");
-    long long later = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
-    freeReplyObject(r);
-    return (lag < 0 ? 1 + pending : lag + pending) + later;
-}
-
-static int stop_child(pid_t *pid, int sig)
-{
-    int st = 0;
-    if (*pid <= 0) {
-        return -1;
-    }
-    kill(*pid, sig);
-    for (int i = 0; i < 200; i++) {
-        if (waitpid(*pid, &st, WNOHANG) == *pid) {
-            *pid = 0;
-            return st;
-        }
-        sleep_ms(50);
-    }
-    kill(*pid, SIGKILL);
-    waitpid(*pid, &st, 0);
-    *pid = 0;
-    return -1;
-}
-
-static void spawn_worker(const char *conf)
-{
-    char cpath[512], logpath[512];
-    assert_non_null(bb_harness_write_file(cpath, sizeof(cpath), "worker.conf", conf));
-    bb_harness_path(logpath, sizeof(logpath), "worker.log");
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        FILE *f = freopen(logpath, "a", stderr);
-        (void)f;
-        execl(BB_WORKER_PATH, BB_WORKER_PATH, "-c", cpath, (char *)NULL);
-        _exit(127);
-    }
-    worker_pid = pid;
+    bb_kit_add_batch(
+        rc, "bb:out:push", &nt,
+        &(struct bb_kit_batch){.channel = BB__CHANNEL__CHANNEL_PUSH, .first = 1, .n = n});
 }
 
 static const char *jstr(json_object *o, const char *k)
@@ -217,21 +97,12 @@ static void topic_of(const char *report_id, char out[33])
 
 static int setup(void **state)
 {
-    srv = bb_harness_redis_start();
-    if (!srv) {
-        return -1;
-    }
-    rc = bb_harness_redis_connect(srv);
-    return rc ? 0 : -1;
+    return bb_kit_setup(&srv, &rc);
 }
 
 static int teardown(void **state)
 {
-    stop_child(&worker_pid, SIGKILL);
-    stop_child(&server_pid, SIGTERM);
-    if (rc) {
-        redisFree(rc);
-    }
+    bb_kit_teardown(&rc, &worker_pid, &server_pid);
     return 0;
 }
 
@@ -239,15 +110,11 @@ static int teardown(void **state)
 
 static void webpush_end_to_end(void **state)
 {
-    freeReplyObject(cmd("FLUSHALL"));
-    char log[512], portfile[512], subspath[512], keypath[512], vapid_hex[131], conf[2048];
-    bb_harness_path(log, sizeof(log), "push.jsonl");
-    bb_harness_path(portfile, sizeof(portfile), "push.port");
+    freeReplyObject(bb_kit_cmd(rc, "FLUSHALL"));
+    char log[512], subspath[512], keypath[512], vapid_hex[131], conf[2048];
     bb_harness_path(subspath, sizeof(subspath), "subscriptions.json");
-    unlink(log);
-    int port = 0;
-    server_pid = bb_harness_start_stand_in(BB_PUSH_SERVICE, portfile, log, &port);
-    assert_true(server_pid > 0 && port > 0);
+    int port;
+    server_pid = bb_kit_stand_in(BB_PUSH_SERVICE, "push.jsonl", log, sizeof(log), &port);
     make_vapid_key(keypath, sizeof(keypath), vapid_hex);
 
     /* Users 1..4 subscribed through the stand-in, user 5 with a broken subscription. */
@@ -265,17 +132,15 @@ static void webpush_end_to_end(void **state)
             u <= NSUBS ? json_object_to_json_string_ext(json_object_array_get_idx(subs, u - 1),
                                                         JSON_C_TO_STRING_PLAIN)
                        : "{\"endpoint\":\"http://127.0.0.1:1/x\",\"keys\":{\"p256dh\":\"AAAA\"}}";
-        freeReplyObject(cmd("HSET bb:user:%" PRIu64 " u %b push_platform webpush push_token %s", u,
-                            buf, len, token));
+        freeReplyObject(
+            bb_kit_cmd(rc, "HSET bb:user:%" PRIu64 " u %b push_platform webpush push_token %s", u,
+                       buf, len, token));
     }
     json_object_put(subs);
 
     /* n1 (in progress) to users 1..5, n2 (informational) to user 1. */
-    static uint8_t buf[8192];
-    size_t n = make_batch(buf, sizeof(buf), "n1", BB__URGENCY__URGENCY_IN_PROGRESS, NSUBS + 1);
-    freeReplyObject(cmd("XADD bb:out:push * p %b", buf, n));
-    n = make_batch(buf, sizeof(buf), "n2", BB__URGENCY__URGENCY_INFORMATIONAL, 1);
-    freeReplyObject(cmd("XADD bb:out:push * p %b", buf, n));
+    add_batch("n1", BB__URGENCY__URGENCY_IN_PROGRESS, NSUBS + 1);
+    add_batch("n2", BB__URGENCY__URGENCY_INFORMATIONAL, 1);
 
     snprintf(conf, sizeof(conf),
              "redis %s\nname w-wp\nplugin_dir \"%s\"\nblock 100ms\nretry_min 10ms\n"
@@ -285,17 +150,17 @@ static void webpush_end_to_end(void **state)
              "channel.push.allow_http yes\n",
              srv->addr, BB_PLUGIN_DIR, keypath, SUBJECT);
     int64_t t0 = bb_mono_ms();
-    spawn_worker(conf);
+    worker_pid = bb_kit_spawn_worker(BB_WORKER_PATH, conf, NULL);
     bool done = false;
     for (int t = 0; t < 20000 && !done; t += 50) {
-        done = unfinished("bb:out:push") == 0;
+        done = bb_harness_worker_unfinished(rc, "bb:out:push", "bb-workers", "push") == 0;
         if (!done) {
-            sleep_ms(50);
+            bb_harness_sleep_ms(50);
         }
     }
     int64_t took = bb_mono_ms() - t0;
-    int st = stop_child(&worker_pid, SIGTERM);
-    stop_child(&server_pid, SIGTERM);
+    int st = bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
+    bb_kit_stop(&server_pid, SIGTERM, BB_KIT_STOP_MS);
     assert_true(done);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     assert_true(took >= 900); /* Retry-After: 1 was honoured */
@@ -338,7 +203,7 @@ static void webpush_end_to_end(void **state)
         bool is_n1 = strcmp(report, "n1") == 0;
         assert_true(is_n1 || strcmp(report, "n2") == 0);
         assert_string_equal(jstr(p, "title"), "Inbraak");
-        assert_string_equal(jstr(p, "body"), TEXT);
+        assert_string_equal(jstr(p, "body"), BB_KIT_TEXT);
         assert_string_equal(jstr(p, "kind"), "report");
         assert_string_equal(jstr(p, "category"), "burglary");
         assert_string_equal(jstr(p, "cell"), "u1hbcq7");
@@ -381,43 +246,17 @@ static void webpush_end_to_end(void **state)
     assert_int_equal(busy, 1);
 
     /* Receipts: 4 ok, one retry http_429, permanent subscription_gone and bad_subscription. */
-    redisReply *r = cmd("XRANGE bb:receipts - +");
-    int nok = 0, retry = 0, gone_rc = 0, bad_rc = 0;
-    for (size_t i = 0; i < r->elements; i++) {
-        redisReply *fr = r->element[i]->element[1];
-        Bb__Receipt *rec =
-            bb__receipt__unpack(NULL, fr->element[1]->len, (const uint8_t *)fr->element[1]->str);
-        assert_non_null(rec);
-        nok += rec->outcome == BB__OUTCOME__OUTCOME_OK;
-        retry += rec->outcome == BB__OUTCOME__OUTCOME_RETRY &&
-                 strcmp(rec->delivery_id, "r:n1:1:3") == 0 && strcmp(rec->reason, "http_429") == 0;
-        gone_rc += rec->outcome == BB__OUTCOME__OUTCOME_PERMANENT &&
-                   strcmp(rec->delivery_id, "r:n1:1:2") == 0 &&
-                   strcmp(rec->reason, "subscription_gone") == 0;
-        bad_rc += rec->outcome == BB__OUTCOME__OUTCOME_PERMANENT &&
-                  strcmp(rec->delivery_id, "r:n1:1:5") == 0 &&
-                  strcmp(rec->reason, "bad_subscription") == 0;
-        bb__receipt__free_unpacked(rec, NULL);
-    }
-    freeReplyObject(r);
-    assert_int_equal(nok, 4);
-    assert_int_equal(retry, 1);
-    assert_int_equal(gone_rc, 1);
-    assert_int_equal(bad_rc, 1);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_OK, NULL, NULL), 4);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_RETRY, "r:n1:1:3", "http_429"), 1);
+    assert_int_equal(
+        bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_PERMANENT, "r:n1:1:2", "subscription_gone"), 1);
+    assert_int_equal(
+        bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_PERMANENT, "r:n1:1:5", "bad_subscription"), 1);
 
     /* Dead letters: the gone subscription and the broken one. */
-    r = cmd("XRANGE bb:dead - +");
-    assert_int_equal(r->elements, 2);
-    int dead_gone = 0, dead_bad = 0;
-    for (size_t i = 0; i < r->elements; i++) {
-        redisReply *fr = r->element[i]->element[1];
-        assert_string_equal(fr->element[0]->str, "reason");
-        dead_gone += strcmp(fr->element[1]->str, "subscription_gone") == 0;
-        dead_bad += strcmp(fr->element[1]->str, "bad_subscription") == 0;
-    }
-    freeReplyObject(r);
-    assert_int_equal(dead_gone, 1);
-    assert_int_equal(dead_bad, 1);
+    assert_int_equal(bb_kit_int(rc, "XLEN bb:dead"), 2);
+    assert_int_equal(bb_kit_dead(rc, "subscription_gone"), 1);
+    assert_int_equal(bb_kit_dead(rc, "bad_subscription"), 1);
 
     /* GONE, not just PERMANENT; and no subscription leaked into the log. */
     char logpath[512];
@@ -433,13 +272,10 @@ static void webpush_end_to_end(void **state)
     fclose(f);
     /* A host that removes gone addresses has dropped user 2's subscription
      * (and only that one); an older one logs it. */
-    r = cmd("HEXISTS bb:user:2 push_token");
-    bool removed = r->integer == 0;
-    freeReplyObject(r);
+    bool removed = bb_kit_int(rc, "HEXISTS bb:user:2 push_token") == 0;
     assert_true(gone_logged || removed);
-    r = cmd("HEXISTS bb:user:5 push_token");
-    assert_int_equal(r->integer, 1); /* bad_subscription is permanent, not gone */
-    freeReplyObject(r);
+    /* bad_subscription is permanent, not gone */
+    assert_int_equal(bb_kit_int(rc, "HEXISTS bb:user:5 push_token"), 1);
     assert_false(leaked);
     assert_true(key_logged);
 }
@@ -472,26 +308,16 @@ static void config_checks(void **state)
         {NULL, SUBJECT, 1, "channel.push.vapid_key_file: required"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        char conf[2048], cpath[512], keyline[700] = "";
+        char options[2048], keyline[700] = "";
         if (cases[i].key) {
             snprintf(keyline, sizeof(keyline), "channel.push.vapid_key_file \"%s\"\n",
                      cases[i].key);
         }
-        snprintf(conf, sizeof(conf),
-                 "redis 127.0.0.1:1\nplugin_dir \"%s\"\nchannels push\n"
-                 "channel.push.plugin webpush\n%schannel.push.subject \"%s\"\n",
-                 BB_PLUGIN_DIR, keyline, cases[i].subject);
-        assert_non_null(bb_harness_write_file(cpath, sizeof(cpath), "check.conf", conf));
-        const char *argv[] = {BB_WORKER_PATH, "-c", cpath, "--check-config", NULL};
-        struct bb_run_result res;
-        assert_int_equal(bb_harness_run(argv, NULL, 30, &res), 0);
-        if (res.status != cases[i].status ||
-            (!strstr(res.out, cases[i].says) && !strstr(res.err, cases[i].says))) {
-            print_error("case %zu: status %d\nout: %s\nerr: %s\n", i, res.status, res.out, res.err);
-        }
-        assert_int_equal(res.status, cases[i].status);
-        assert_true(strstr(res.out, cases[i].says) || strstr(res.err, cases[i].says));
-        bb_run_result_free(&res);
+        snprintf(options, sizeof(options),
+                 "channels push\nchannel.push.plugin webpush\n%schannel.push.subject \"%s\"\n",
+                 keyline, cases[i].subject);
+        bb_kit_check_config(BB_WORKER_PATH, BB_PLUGIN_DIR,
+                            &(struct bb_kit_check){options, cases[i].status, cases[i].says});
     }
 }
 
