@@ -14,6 +14,8 @@
 
 #define M_PER_DEG 111195.08 /* mean Earth radius 6371008.8 m */
 #define PI 3.14159265358979323846
+/* Room per resident for group indexes while building: their groups and a town group. */
+#define UG_STRIDE (PG_MAX_GROUPS_PER_USER + 1)
 
 const struct pg_town pg_towns[] = {
     {"'s-Hertogenbosch", 51.6978, 5.3037, 157, 2800}, {"Den Haag", 52.0705, 4.3007, 552, 3500},
@@ -182,7 +184,7 @@ int pg_generate(const struct pg_params *p, struct pg_pop *pop)
     pop->nusers = n;
     pop->users = calloc(n ? n : 1, sizeof(*pop->users));
     order = malloc((n ? n : 1) * sizeof(*order));
-    ug = malloc((size_t)(n ? n : 1) * PG_MAX_GROUPS_PER_USER * sizeof(*ug));
+    ug = malloc((size_t)(n ? n : 1) * UG_STRIDE * sizeof(*ug));
     ugn = calloc(n ? n : 1, 1);
     fine_of = malloc((n ? n : 1) * sizeof(*fine_of));
     if (!pop->users || !order || !ug || !ugn || !fine_of) {
@@ -227,7 +229,7 @@ int pg_generate(const struct pg_params *p, struct pg_pop *pop)
 
     /* Groups: street and neighbourhood runs over everyone, district runs over everyone (members:
      * those in two or more groups). Runs of fewer than 20 join the run before. */
-    uint32_t cap = n / 10 + 64;
+    uint32_t cap = n / 10 + 64 + pg_ntowns;
     pop->groups = calloc(cap, sizeof(*pop->groups));
     uint32_t *run_a = malloc(cap * sizeof(uint32_t)), *run_b = malloc(cap * sizeof(uint32_t));
     if (!pop->groups || !run_a || !run_b) {
@@ -275,9 +277,9 @@ int pg_generate(const struct pg_params *p, struct pg_pop *pop)
                 uint32_t u = order[i].idx;
                 if (pass == 0) {
                     fine_of[i] = pop->ngroups;
-                    ug[(size_t)u * PG_MAX_GROUPS_PER_USER + ugn[u]++] = pop->ngroups;
+                    ug[(size_t)u * UG_STRIDE + ugn[u]++] = pop->ngroups;
                 } else if (pop->users[u].ngroups >= 2) {
-                    ug[(size_t)u * PG_MAX_GROUPS_PER_USER + ugn[u]++] = pop->ngroups;
+                    ug[(size_t)u * UG_STRIDE + ugn[u]++] = pop->ngroups;
                 }
             }
             pop->nkind[kind]++;
@@ -293,7 +295,7 @@ int pg_generate(const struct pg_params *p, struct pg_pop *pop)
     for (uint32_t i = 0; i < n; i++) {
         uint32_t u = order[i].idx;
         struct pg_user *pu = &pop->users[u];
-        uint32_t *mine = &ug[(size_t)u * PG_MAX_GROUPS_PER_USER];
+        uint32_t *mine = &ug[(size_t)u * UG_STRIDE];
         for (unsigned tries = 0; ugn[u] < pu->ngroups && tries < 64; tries++) {
             int64_t off = (int64_t)log_uniform(&s, 200, 20000);
             int64_t j = (int64_t)i + (below(&s, 2) ? off : -off);
@@ -315,6 +317,22 @@ int pg_generate(const struct pg_params *p, struct pg_pop *pop)
         }
     }
 
+    /* Town groups (only when asked): everyone of a town, after all other groups, without
+     * drawing from the random stream. */
+    if (p->town_groups) {
+        for (unsigned t = 0; t < pg_ntowns; t++) {
+            struct pg_group *g = &pop->groups[pop->ngroups];
+            g->kind = PG_TOWN;
+            g->policy = PG_POLICY_POLICE;
+            pop->town_group[t] = pop->ngroups;
+            pop->nkind[PG_TOWN]++;
+            pop->ngroups++;
+        }
+        for (uint32_t u = 0; u < n; u++) {
+            ug[(size_t)u * UG_STRIDE + ugn[u]++] = pop->town_group[pop->users[u].town];
+        }
+    }
+
     /* Members by group (ascending user index), groups by user. */
     count = calloc(pop->ngroups + 1, sizeof(*count));
     pop->ufirst = malloc(((size_t)n + 1) * sizeof(*pop->ufirst));
@@ -329,9 +347,9 @@ int pg_generate(const struct pg_params *p, struct pg_pop *pop)
     for (uint32_t u = 0; u < n; u++) {
         pop->ufirst[u] = (uint32_t)total;
         total += ugn[u];
-        pop->hist[ugn[u]]++;
+        pop->hist[pop->users[u].ngroups]++;
         for (unsigned k = 0; k < ugn[u]; k++) {
-            count[ug[(size_t)u * PG_MAX_GROUPS_PER_USER + k]]++;
+            count[ug[(size_t)u * UG_STRIDE + k]]++;
         }
     }
     pop->ufirst[n] = (uint32_t)total;
@@ -349,7 +367,7 @@ int pg_generate(const struct pg_params *p, struct pg_pop *pop)
     }
     for (uint32_t u = 0; u < n; u++) {
         for (unsigned k = 0; k < ugn[u]; k++) {
-            uint32_t g = ug[(size_t)u * PG_MAX_GROUPS_PER_USER + k];
+            uint32_t g = ug[(size_t)u * UG_STRIDE + k];
             pop->members[count[g]++] = u;
             pop->ugroups[pop->ufirst[u] + k] = g;
         }
@@ -438,9 +456,10 @@ int pg_emit(const struct pg_pop *pop, bool zorder, pg_emit_fn emit, void *arg, c
             cells[c] = cellbuf[c];
         }
         snprintf(name, sizeof(name), "%s %u",
-                 pg->kind == PG_DISTRICT ? "Wijk"
-                 : pg->kind == PG_STREET ? "Straat"
-                                         : "Buurt",
+                 pg->kind == PG_TOWN       ? "Stad"
+                 : pg->kind == PG_DISTRICT ? "Wijk"
+                 : pg->kind == PG_STREET   ? "Straat"
+                                           : "Buurt",
                  gi + 1);
         switch (pg->policy) {
         case PG_POLICY_POLICE:
@@ -575,7 +594,10 @@ void pg_report(const struct pg_pop *pop, uint64_t *rng, uint64_t seq, int64_t ti
     rep->time_ms = time_ms;
     rep->author_id = a + 1;
     rep->author_screen_name = r->name;
-    unsigned g = below(rng, 100), ng = pop->ufirst[a + 1] - pop->ufirst[a];
+    /* A town group (the last of a resident's groups, when there are any) is not for residents'
+     * reports: its policy refuses them. */
+    unsigned g = below(rng, 100),
+             ng = pop->ufirst[a + 1] - pop->ufirst[a] - (pop->params.town_groups ? 1 : 0);
     if (g < 50 && ng >= 1) {
         rep->group_id = pop->ugroups[pop->ufirst[a]] + 1;
     } else if (g < 65 && ng >= 2) {
@@ -601,4 +623,83 @@ void pg_report(const struct pg_pop *pop, uint64_t *rng, uint64_t seq, int64_t ti
         rep->media = media_list;
         rep->n_media = 1;
     }
+}
+
+/* ---- directory churn --------------------------------------------------------------------- */
+
+#define CHURN_RING 65536
+
+struct pg_churn {
+    const struct pg_pop *pop;
+    uint64_t rng;
+    uint32_t ring_u[CHURN_RING], ring_g[CHURN_RING]; /* who left which group, oldest first */
+    uint32_t head, n;
+    struct profile prof[PG_PREFS_CAPPED + 1];
+    Bb__DirectoryEvent ev;
+    Bb__Membership m;
+    Bb__PreferencesUpdate pu;
+};
+
+struct pg_churn *pg_churn_new(const struct pg_pop *pop, uint64_t seed)
+{
+    struct pg_churn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        return NULL;
+    }
+    c->pop = pop;
+    c->rng = seed * 0x9e3779b97f4a7c15ull + 3;
+    profiles_init(c->prof);
+    return c;
+}
+
+void pg_churn_free(struct pg_churn *c)
+{
+    free(c);
+}
+
+int pg_churn_next(struct pg_churn *c, const Bb__DirectoryEvent **ev)
+{
+    static const unsigned kind_pct[] = {40, 40, 20};
+    const struct pg_pop *pop = c->pop;
+    unsigned kind = pick(&c->rng, kind_pct, 3);
+    if (kind == PG_CHURN_JOIN && c->n == 0) {
+        kind = PG_CHURN_LEAVE;
+    } else if (kind == PG_CHURN_LEAVE && c->n == CHURN_RING) {
+        kind = PG_CHURN_JOIN;
+    }
+    bb__directory_event__init(&c->ev);
+    c->ev.schema_version = 1;
+    bb__membership__init(&c->m);
+    if (kind == PG_CHURN_JOIN) {
+        uint32_t i = c->head;
+        c->head = (c->head + 1) % CHURN_RING;
+        c->n--;
+        c->m.user_id = (uint64_t)c->ring_u[i] + 1;
+        c->m.group_id = (uint64_t)c->ring_g[i] + 1;
+        c->ev.change_case = BB__DIRECTORY_EVENT__CHANGE_MEMBER_ADD;
+        c->ev.member_add = &c->m;
+    } else if (kind == PG_CHURN_LEAVE) {
+        uint32_t u = 0, k = 0;
+        for (int tries = 0; tries < 64 && k == 0; tries++) {
+            u = (uint32_t)(pg_rand(&c->rng) % pop->nusers);
+            k = pop->ufirst[u + 1] - pop->ufirst[u] - (pop->params.town_groups ? 1 : 0);
+        }
+        uint32_t g = pop->ugroups[pop->ufirst[u] + (k ? below(&c->rng, k) : 0)];
+        uint32_t i = (c->head + c->n) % CHURN_RING;
+        c->ring_u[i] = u;
+        c->ring_g[i] = g;
+        c->n++;
+        c->m.user_id = (uint64_t)u + 1;
+        c->m.group_id = (uint64_t)g + 1;
+        c->ev.change_case = BB__DIRECTORY_EVENT__CHANGE_MEMBER_REMOVE;
+        c->ev.member_remove = &c->m;
+    } else {
+        bb__preferences_update__init(&c->pu);
+        c->pu.user_id = pg_rand(&c->rng) % pop->nusers + 1;
+        c->pu.prefs = &c->prof[below(&c->rng, PG_PREFS_CAPPED + 1)].p;
+        c->ev.change_case = BB__DIRECTORY_EVENT__CHANGE_PREFERENCES;
+        c->ev.preferences = &c->pu;
+    }
+    *ev = &c->ev;
+    return (int)kind;
 }

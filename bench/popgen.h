@@ -14,6 +14,10 @@
  * that needs at most 4 (street), 8 (neighbourhood) or 24 (district) cells.
  * Most residents also watch a circle around their home (200..1,000 m). Preferences are mostly
  * the defaults, with a share of quiet hours, e-mail readers, narrow interests and hourly caps.
+ * With town_groups (off by default), every town also gets one group of all its residents
+ * (police and municipality reports only, no cells: it is reached by posting in it, never as an
+ * area), appended after the others; it uses no randomness, so the rest of the population is the
+ * same with or without it.
  *
  * Not thread-safe; the population is immutable once built. */
 #ifndef BB_BENCH_POPGEN_H
@@ -47,6 +51,7 @@ struct pg_params {
     uint32_t users;
     unsigned watch_percent; /* residents with a personal watch area */
     unsigned radius_min_m, radius_max_m;
+    bool town_groups; /* one extra group per town holding all its residents (PG_TOWN) */
 };
 
 /* Preference profiles (pg_user.prefs). */
@@ -59,7 +64,7 @@ enum pg_prefs {
 };
 
 /* Group kinds and policies (pg_group.kind, .policy). */
-enum pg_kind { PG_STREET = 0, PG_NEIGHBOURHOOD, PG_DISTRICT };
+enum pg_kind { PG_STREET = 0, PG_NEIGHBOURHOOD, PG_DISTRICT, PG_TOWN };
 enum pg_policy {
     PG_POLICY_OPEN = 0,
     PG_POLICY_POLICE,    /* only police and municipality reports */
@@ -100,8 +105,9 @@ struct pg_pop {
     uint32_t *ugroups; /* group indexes, by user: ugroups[ufirst[u] .. ufirst[u + 1]) */
     uint32_t *ufirst;
     uint32_t *zorder;                          /* user indexes along the geohash curve */
-    uint32_t hist[PG_MAX_GROUPS_PER_USER + 1]; /* residents by number of groups */
-    uint32_t nkind[3];                         /* groups by kind */
+    uint32_t hist[PG_MAX_GROUPS_PER_USER + 1]; /* residents by number of groups (no town group) */
+    uint32_t nkind[4];                         /* groups by kind */
+    uint32_t town_group[8];                    /* with town_groups: group index by town */
 };
 
 void pg_params_default(struct pg_params *p);
@@ -137,6 +143,17 @@ struct pg_report {
  * for a Bb__Report; the media item lives in media. */
 void pg_report(const struct pg_pop *pop, uint64_t *rng, uint64_t seq, int64_t time_ms,
                struct pg_report *r, struct Bb__Media *media, struct Bb__Media **media_list);
+
+/* Directory churn for the benchmarks: a stream of changes as an app backend would write them —
+ * leaves (member_remove of one of a resident's groups), joins (member_add: a resident who left
+ * comes back, so the population stays about the same) and preference changes (one of the
+ * profiles above) in the proportions 40:40:20. A join when nobody has left is a leave. */
+enum pg_churn_kind { PG_CHURN_JOIN = 0, PG_CHURN_LEAVE, PG_CHURN_PREFS };
+struct pg_churn;
+struct pg_churn *pg_churn_new(const struct pg_pop *pop, uint64_t seed); /* NULL: out of memory */
+/* The next change into *ev (borrowed until the next call); returns its enum pg_churn_kind. */
+int pg_churn_next(struct pg_churn *c, const struct Bb__DirectoryEvent **ev);
+void pg_churn_free(struct pg_churn *c);
 
 /* Random helpers shared with the benchmarks (splitmix64). */
 uint64_t pg_rand(uint64_t *state);
