@@ -705,26 +705,38 @@ static int line_split(char *line, char **name, char **value, const char **why)
 int bb_config_load_file(const struct bb_opt *opts, size_t n, void *target, const char *path,
                         char *err, size_t errlen)
 {
-    struct where w = {.path = path};
-    char *line = NULL, *dir = NULL, *slash;
-    size_t linecap = 0;
-    ssize_t len;
-    FILE *f;
-    int rc = BB_ECONFIG;
-
     if (opts == NULL || target == NULL || path == NULL) {
         errf(err, errlen, NULL, "no option table, target or path");
         return BB_ECONFIG;
     }
-    f = fopen(path, "re");
+    FILE *f = fopen(path, "re");
     if (f == NULL) {
+        struct where w = {.path = path};
         errf(err, errlen, &w, "cannot open: %s", strerror(errno));
+        return BB_ECONFIG;
+    }
+    int rc = bb_config_load_stream(opts, n, target, f, path, err, errlen);
+    fclose(f);
+    return rc;
+}
+
+int bb_config_load_stream(const struct bb_opt *opts, size_t n, void *target, FILE *f,
+                          const char *path, char *err, size_t errlen)
+{
+    struct where w = {.path = path};
+    char *line = NULL, *dir = NULL, *slash;
+    size_t linecap = 0;
+    ssize_t len;
+    int rc = BB_ECONFIG;
+
+    if (opts == NULL || target == NULL || path == NULL || f == NULL) {
+        errf(err, errlen, NULL, "no option table, target, path or stream");
         return BB_ECONFIG;
     }
     dir = strdup(path);
     if (dir == NULL) {
         errf(err, errlen, &w, "out of memory");
-        goto close_file;
+        return BB_ECONFIG;
     }
     slash = strrchr(dir, '/');
     if (slash == NULL) {
@@ -795,8 +807,6 @@ free_buffers:
     }
     free(line);
     free(dir);
-close_file:
-    fclose(f);
     return rc;
 }
 

@@ -45,6 +45,10 @@ int bb_config_defaults(const struct bb_opt *opts, size_t n, void *target, char *
  * out-of-range numbers and unreadable files are errors. */
 int bb_config_load_file(const struct bb_opt *opts, size_t n, void *target, const char *path,
                         char *err, size_t errlen);
+/* The same from an open stream; path names it in messages, and relative
+ * secret-file names are taken from path's directory. */
+int bb_config_load_stream(const struct bb_opt *opts, size_t n, void *target, FILE *f,
+                          const char *path, char *err, size_t errlen);
 /* Sets one option from text (for command-line overrides such as --set name=value). */
 int bb_config_set(const struct bb_opt *opts, size_t n, void *target, const char *name,
                   const char *value, char *err, size_t errlen);

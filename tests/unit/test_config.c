@@ -475,6 +475,21 @@ static void test_secret_file(void **state)
     cfg_load(&c, "secret.conf", "redis_password_file redis.pass\n");
     assert_string_equal(c.redis_password, "hunter2-Zw8q");
 
+    /* From a stream (the worker reads a copy of its file): relative to the
+     * directory of the path it is named by, not of the copy. */
+    {
+        char named[300];
+        snprintf(named, sizeof(named), "%s/streamed.conf", tmpdir);
+        FILE *mf = fmemopen((void *)"redis_password_file redis.pass\n", 31, "r");
+        assert_non_null(mf);
+        cfg_free(&c);
+        cfg_defaults(&c);
+        assert_int_equal(bb_config_load_stream(opts, NOPTS, &c, mf, named, errbuf, sizeof(errbuf)),
+                         0);
+        fclose(mf);
+        assert_string_equal(c.redis_password, "hunter2-Zw8q");
+    }
+
     /* CRLF, no final newline, absolute path, via bb_config_set. */
     secret_path = write_file("crlf.pass", "s3cr3t\r\n");
     snprintf(abs, sizeof(abs), "%s", secret_path);

@@ -3,8 +3,8 @@
  * The common parser (common/config.c) rejects names it does not know, and
  * the channel keys depend on which plug-ins are named. So the file is read
  * here once: channel.* lines are taken out (and parsed with the same
- * syntax), every other line goes, in place, to bb_config_load_file through
- * a memfd, so its errors keep the file's line numbers.
+ * syntax), every other line goes, in place, to bb_config_load_stream
+ * through a memfd, so its errors keep the file's name and line numbers.
  *
  * Threads: main thread, before the loop starts. */
 #include <ctype.h>
@@ -282,17 +282,10 @@ static int load_file(struct bb_worker_config *cfg, const char *path, struct kv_l
         }
         rc = BB_ECONFIG;
     }
-    fflush(out);
-    char fdpath[64];
-    snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", fd);
-    char inner[512] = "";
-    rc = bb_config_load_file(worker_opts, worker_nopts, cfg, fdpath, inner, sizeof(inner));
-    if (rc != BB_OK) {
-        /* Name the real file, not the memfd. */
-        const char *rest =
-            strncmp(inner, fdpath, strlen(fdpath)) == 0 ? inner + strlen(fdpath) : inner;
-        snprintf(err, errlen, "%s%s%s", path, rest == inner ? ": " : "", rest);
-    }
+    /* The rest, in place (channel lines blanked), so errors keep the real
+     * file's name and line numbers and relative secret files its directory. */
+    rewind(out);
+    rc = bb_config_load_stream(worker_opts, worker_nopts, cfg, out, path, err, errlen);
 close_out:
     fclose(out);
 close_in:
