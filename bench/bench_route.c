@@ -45,6 +45,7 @@ struct opts {
     bool encode;
     bool json;
     bool zorder;
+    bool broadcast;
     unsigned watch_cells;
 };
 
@@ -53,11 +54,13 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: bench_route [--users N] [--reports M] [--seed S] [--runs R] [--batch B]\n"
             "                   [--level L] [--dict] [--zorder] [--watch-cells C] [--no-encode]\n"
-            "                   [--json]\n"
+            "                   [--broadcast] [--json]\n"
             "  defaults: 200000 users, 20000 reports, seed 1, 5 runs, batch 256, level 3,\n"
             "            8 cells per watch area (the directory's watch_max_cells)\n"
             "  --zorder: load residents along the geohash curve (neighbours in neighbouring\n"
-            "            slots) instead of by id, as a Redis snapshot comes\n");
+            "            slots) instead of by id, as a Redis snapshot comes\n"
+            "  --broadcast: afterwards, one police alert to a group of every resident\n"
+            "            (routed and encoded once: the whole country at one alert)\n");
 }
 
 static bool parse_u64(const char *s, uint64_t *out)
@@ -74,7 +77,8 @@ static bool parse_u64(const char *s, uint64_t *out)
 
 static int parse(int argc, char **argv, struct opts *o)
 {
-    *o = (struct opts){200000, 20000, 1, 5, 256, 3, false, true, false, false, 8};
+    *o = (struct opts){.users = 200000, .reports = 20000, .seed = 1, .runs = 5, .batch = 256,
+                       .level = 3, .encode = true, .watch_cells = 8};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         uint64_t v;
@@ -88,6 +92,8 @@ static int parse(int argc, char **argv, struct opts *o)
             o->encode = false;
         } else if (strcmp(a, "--json") == 0) {
             o->json = true;
+        } else if (strcmp(a, "--broadcast") == 0) {
+            o->broadcast = true;
         } else if (strcmp(a, "--zorder") == 0) {
             o->zorder = true;
         } else if (has_value && parse_u64(argv[i + 1], &v)) {
@@ -286,6 +292,80 @@ out:
     return d;
 }
 
+/* One alert to everyone: a group of every resident, then one police report
+ * in progress in it, routed and encoded once (wall clock, this thread). */
+struct bcast {
+    double join_s, route_s, encode_s;
+    uint64_t recipients, deliveries, entries, bytes;
+    size_t rss;
+};
+
+/* The group, made while the index has no readers yet (writes in place, as
+ * a snapshot load does; with readers every join would copy the member list). */
+static int broadcast_group(struct bb_dir *dir, const struct pg_pop *pop, bool zorder,
+                           struct bcast *b)
+{
+    char why[128] = "";
+    Bb__Policy policy = BB__POLICY__INIT;
+    Bb__Group g = BB__GROUP__INIT;
+    g.id = (uint64_t)pop->ngroups + 1000000;
+    g.name = "Heel Nederland";
+    g.policy = &policy;
+    Bb__DirectoryEvent ev = BB__DIRECTORY_EVENT__INIT;
+    ev.schema_version = 1;
+    ev.change_case = BB__DIRECTORY_EVENT__CHANGE_GROUP_UPSERT;
+    ev.group_upsert = &g;
+    double t = now_s();
+    int rc = bb_dir_apply(dir, &ev, why, sizeof(why));
+    Bb__Membership m = BB__MEMBERSHIP__INIT;
+    m.group_id = g.id;
+    ev.change_case = BB__DIRECTORY_EVENT__CHANGE_MEMBER_ADD;
+    ev.member_add = &m;
+    /* In slot order (the order pg_load gave users their slots), so each
+     * member goes at the end of the group's list rather than into it. */
+    for (uint32_t i = 0; rc == BB_OK && i < pop->nusers; i++) {
+        m.user_id = (zorder ? pop->zorder[i] : i) + 1;
+        rc = bb_dir_apply(dir, &ev, why, sizeof(why));
+    }
+    b->join_s = now_s() - t;
+    if (rc != BB_OK) {
+        fprintf(stderr, "bench_route: broadcast group: %s %s\n", bb_strerror(rc), why);
+    }
+    return rc;
+}
+
+static int broadcast(struct bb_dir *dir, struct bb_router *router, struct bb_encoder *enc,
+                     const struct pg_pop *pop, const Bb__Report *like, struct bcast *b)
+{
+    double t;
+    int rc;
+    Bb__Report r = *like;
+    r.id = "landelijk-alarm";
+    r.group_id = (uint64_t)pop->ngroups + 1000000;
+    r.author_id = 1;
+    r.source = BB__SOURCE__SOURCE_POLICE;
+    r.urgency = BB__URGENCY__URGENCY_IN_PROGRESS;
+    r.category = BB__CATEGORY__CATEGORY_MISSING_PERSON;
+    const struct bb_route_result *res;
+    t = now_s();
+    rc = bb_route_report(router, &r, NULL, &res);
+    b->route_s = now_s() - t;
+    if (rc != BB_OK) {
+        return rc;
+    }
+    b->recipients = res->recipients;
+    struct bb_out out = {0};
+    t = now_s();
+    rc = bb_encode_report(enc, dir, &r, res, r.time_ms, &out);
+    b->encode_s = now_s() - t;
+    b->deliveries = out.deliveries;
+    b->entries = out.n;
+    b->bytes = out.len;
+    b->rss = rss_bytes();
+    bb_out_free(&out);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     struct opts o;
@@ -327,6 +407,11 @@ int main(int argc, char **argv)
     size_t rss1 = rss_bytes();
     struct bb_dir_stats st;
     bb_dir_stats(dir, &st);
+    /* After the figures of the population itself. */
+    struct bcast bc = {0};
+    if (o.broadcast && broadcast_group(dir, &pop, o.zorder, &bc) != BB_OK) {
+        return 1;
+    }
 
     /* Routing only. */
     struct bb_router *router = bb_router_new(dir);
@@ -383,6 +468,17 @@ int main(int argc, char **argv)
         enc_wall = median(wl, o.runs);
     }
 
+    if (o.broadcast) {
+        if (!enc && !(enc = bb_encoder_new(o.level, o.batch))) {
+            fprintf(stderr, "bench_route: no encoder\n");
+            return 1;
+        }
+        reports_date(&rs, day++);
+        if (broadcast(dir, router, enc, &pop, &rs.rep[0], &bc) != BB_OK) {
+            return 1;
+        }
+    }
+
     /* Figures. */
     double n = (double)st.users;
     double dps = (double)tr.decisions / route_s;
@@ -410,7 +506,7 @@ int main(int argc, char **argv)
                "\"encode\":%s,\"batch\":%u,\"level\":%d,\"dict\":%s,"
                "\"encode_deliveries_per_s\":%.0f,\"encode_reports_per_s\":%.0f,"
                "\"bytes_per_delivery\":%.2f,\"payload_ratio\":%.3f,\"slot_order\":\"%s\","
-               "\"watch_max_cells\":%u}\n",
+               "\"watch_max_cells\":%u",
                st.users, st.groups, st.memberships, st.watch_cells, st.cells, o.reports,
                (unsigned long long)o.seed, o.runs, load_s, gen_s, idx_b, tot_b, rss_b, dps, ns_per,
                dec_per_rep, rec_per_rep, dlv_per_rep, o.reports / route_s,
@@ -419,6 +515,16 @@ int main(int argc, char **argv)
                o.batch, o.level, o.dict ? "true" : "false", enc_dps,
                o.encode ? o.reports / enc_s : 0, b_per_dlv, ratio, o.zorder ? "geohash" : "id",
                o.watch_cells);
+        if (o.broadcast) {
+            printf(",\"broadcast_recipients\":%llu,\"broadcast_route_s\":%.3f,"
+                   "\"broadcast_encode_s\":%.3f,\"broadcast_deliveries\":%llu,"
+                   "\"broadcast_entries\":%llu,\"broadcast_bytes\":%llu,"
+                   "\"broadcast_join_s\":%.2f,\"rss_after_broadcast_bytes\":%zu",
+                   (unsigned long long)bc.recipients, bc.route_s, bc.encode_s,
+                   (unsigned long long)bc.deliveries, (unsigned long long)bc.entries,
+                   (unsigned long long)bc.bytes, bc.join_s, bc.rss);
+        }
+        printf("}\n");
     } else {
         printf("bench_route: %u users (slots by %s, %u cells a watch area), %u reports, seed %llu, "
                "median of %u runs, one thread\n",
@@ -454,6 +560,13 @@ int main(int argc, char **argv)
             printf("  %-34s %12.2f\n", "stream bytes per delivery", b_per_dlv);
             printf("  %-34s %12.1f\n", "payload zstd/raw (%)", 100 * ratio);
             printf("  %-34s %12s\n", "zstd", o.dict ? "level+dict" : "level, no dict");
+        }
+        if (o.broadcast) {
+            printf("  %-34s %12llu\n", "broadcast: recipients", (unsigned long long)bc.recipients);
+            printf("  %-34s %12.3f\n", "broadcast: route (s)", bc.route_s);
+            printf("  %-34s %12.3f\n", "broadcast: encode (s)", bc.encode_s);
+            printf("  %-34s %12llu\n", "broadcast: stream entries", (unsigned long long)bc.entries);
+            printf("  %-34s %12.1f\n", "RSS after broadcast (MiB)", bc.rss / 1048576.0);
         }
     }
 
