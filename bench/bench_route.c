@@ -77,8 +77,14 @@ static bool parse_u64(const char *s, uint64_t *out)
 
 static int parse(int argc, char **argv, struct opts *o)
 {
-    *o = (struct opts){.users = 200000, .reports = 20000, .seed = 1, .runs = 5, .batch = 256,
-                       .level = 3, .encode = true, .watch_cells = 8};
+    *o = (struct opts){.users = 200000,
+                       .reports = 20000,
+                       .seed = 1,
+                       .runs = 5,
+                       .batch = 256,
+                       .level = 3,
+                       .encode = true,
+                       .watch_cells = 8};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         uint64_t v;

@@ -242,31 +242,58 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
-    struct opts o = {.users = 200000, .seed = 1, .rate = 100, .duration = 10, .radius_m = 1000,
-                     .threads = 2};
+    struct opts o = {
+        .users = 200000, .seed = 1, .rate = 100, .duration = 10, .radius_m = 1000, .threads = 2};
     static const struct option lo[] = {
-        {"redis", required_argument, 0, 'r'},     {"users", required_argument, 0, 'u'},
-        {"seed", required_argument, 0, 's'},      {"rate", required_argument, 0, 'R'},
-        {"duration", required_argument, 0, 'd'},  {"radius", required_argument, 0, 'm'},
-        {"threads", required_argument, 0, 't'},   {"redis-pid", required_argument, 0, 'p'},
-        {"json", no_argument, 0, 'j'},            {"help", no_argument, 0, 'h'},
+        {"redis", required_argument, 0, 'r'},
+        {"users", required_argument, 0, 'u'},
+        {"seed", required_argument, 0, 's'},
+        {"rate", required_argument, 0, 'R'},
+        {"duration", required_argument, 0, 'd'},
+        {"radius", required_argument, 0, 'm'},
+        {"threads", required_argument, 0, 't'},
+        {"redis-pid", required_argument, 0, 'p'},
+        {"json", no_argument, 0, 'j'},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     int ch;
     optind = 2;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
-        case 'r': o.redis = optarg; break;
-        case 'u': o.users = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 's': o.seed = strtoull(optarg, NULL, 10); break;
-        case 'R': o.rate = atof(optarg); break;
-        case 'd': o.duration = atof(optarg); break;
-        case 'm': o.radius_m = (unsigned)strtoul(optarg, NULL, 10); break;
-        case 't': o.threads = (unsigned)strtoul(optarg, NULL, 10); break;
-        case 'p': o.redis_pid = atoi(optarg); break;
-        case 'j': o.json = true; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'r':
+            o.redis = optarg;
+            break;
+        case 'u':
+            o.users = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
+        case 's':
+            o.seed = strtoull(optarg, NULL, 10);
+            break;
+        case 'R':
+            o.rate = atof(optarg);
+            break;
+        case 'd':
+            o.duration = atof(optarg);
+            break;
+        case 'm':
+            o.radius_m = (unsigned)strtoul(optarg, NULL, 10);
+            break;
+        case 't':
+            o.threads = (unsigned)strtoul(optarg, NULL, 10);
+            break;
+        case 'p':
+            o.redis_pid = atoi(optarg);
+            break;
+        case 'j':
+            o.json = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (!o.redis || o.users == 0 || o.rate <= 0 || o.threads == 0) {

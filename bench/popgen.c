@@ -24,6 +24,62 @@ const struct pg_town pg_towns[] = {
 };
 const unsigned pg_ntowns = sizeof(pg_towns) / sizeof(pg_towns[0]);
 
+/* Neighbourhoods (wijken, dorpen) of the towns above: approximate centres,
+ * the share of the town's residents (percent, per town summing to 100) and
+ * how far homes spread around the centre. */
+const struct pg_area pg_areas[] = {
+    /* 's-Hertogenbosch */
+    {0, "Centrum", 51.6894, 5.3034, 9, 700},
+    {0, "Noord", 51.7120, 5.3080, 17, 900},
+    {0, "Oost", 51.6980, 5.3290, 13, 800},
+    {0, "West", 51.6990, 5.2760, 11, 900},
+    {0, "Zuid", 51.6780, 5.3060, 8, 800},
+    {0, "Zuidoost", 51.6770, 5.3380, 12, 900},
+    {0, "Rosmalen", 51.7160, 5.3650, 21, 1200},
+    {0, "Maaspoort", 51.7240, 5.3000, 6, 700},
+    {0, "Empel", 51.7300, 5.3280, 3, 600},
+    /* Den Haag */
+    {1, "Centrum", 52.0780, 4.3110, 20, 1100},
+    {1, "Scheveningen", 52.1040, 4.2790, 11, 1000},
+    {1, "Segbroek", 52.0750, 4.2700, 11, 900},
+    {1, "Loosduinen", 52.0540, 4.2380, 9, 1100},
+    {1, "Escamp", 52.0470, 4.2730, 22, 1300},
+    {1, "Laak", 52.0600, 4.3290, 7, 800},
+    {1, "Haagse Hout", 52.0920, 4.3380, 8, 1000},
+    {1, "Leidschenveen-Ypenburg", 52.0520, 4.3820, 12, 1200},
+    /* Tilburg */
+    {2, "Centrum", 51.5560, 5.0900, 15, 800},
+    {2, "Noord", 51.5800, 5.0820, 15, 1000},
+    {2, "Oud-Noord", 51.5670, 5.0880, 11, 700},
+    {2, "Oost", 51.5600, 5.1150, 10, 900},
+    {2, "Zuid", 51.5400, 5.0800, 11, 900},
+    {2, "West", 51.5560, 5.0500, 11, 900},
+    {2, "Reeshof", 51.5750, 5.0200, 19, 1200},
+    {2, "Berkel-Enschot", 51.5830, 5.1400, 5, 700},
+    {2, "Udenhout", 51.6100, 5.1430, 3, 600},
+    /* Breda */
+    {3, "Centrum", 51.5890, 4.7760, 14, 800},
+    {3, "Noord", 51.6060, 4.7700, 14, 900},
+    {3, "Oost", 51.5900, 4.8000, 15, 1000},
+    {3, "Zuidoost", 51.5700, 4.8000, 13, 900},
+    {3, "Zuid", 51.5680, 4.7700, 12, 900},
+    {3, "West", 51.5880, 4.7400, 12, 900},
+    {3, "Princenhage", 51.5780, 4.7280, 10, 900},
+    {3, "Haagse Beemden", 51.6160, 4.7400, 10, 900},
+    /* Zaltbommel */
+    {4, "Zaltbommel", 51.8100, 5.2450, 65, 900},
+    {4, "Brakel", 51.8170, 5.0930, 12, 500},
+    {4, "Nederhemert", 51.7770, 5.1700, 10, 500},
+    {4, "Aalst", 51.7810, 5.1290, 13, 500},
+    /* Maasdriel */
+    {5, "Kerkdriel", 51.7700, 5.3350, 35, 700},
+    {5, "Hedel", 51.7440, 5.2620, 20, 600},
+    {5, "Ammerzoden", 51.7470, 5.2230, 20, 600},
+    {5, "Velddriel", 51.7540, 5.3010, 15, 500},
+    {5, "Heerewaarden", 51.8150, 5.3900, 10, 500},
+};
+const unsigned pg_nareas = sizeof(pg_areas) / sizeof(pg_areas[0]);
+
 uint64_t pg_rand(uint64_t *s)
 {
     uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
@@ -199,6 +255,8 @@ int pg_generate(const struct pg_params *p, struct pg_pop *pop)
     static const unsigned locale_pct[] = {90, 7, 3};
     static const unsigned prefs_pct[] = {70, 12, 8, 5, 5};
     static const unsigned groups_pct[] = {44, 38, 13, 5};
+    /* Usage: 39 % open the app less than once a month, 16 % three or more times a week. */
+    static const unsigned activity_pct[] = {39, 45, 16};
     for (uint32_t i = 0; i < n; i++) {
         struct pg_user *u = &pop->users[i];
         double r = pg_uniform(&s) * wsum, acc = 0;
@@ -209,9 +267,20 @@ int pg_generate(const struct pg_params *p, struct pg_pop *pop)
                 break;
             }
         }
-        const struct pg_town *tw = &pg_towns[t];
-        double lat = tw->lat + gauss(&s) * tw->sigma_m / M_PER_DEG;
-        double lon = tw->lon + gauss(&s) * tw->sigma_m / (M_PER_DEG * cos(lat * PI / 180.0));
+        /* A neighbourhood of the town, by its share of residents. */
+        const struct pg_area *ar = NULL;
+        double ra = pg_uniform(&s) * 100, aacc = 0;
+        for (unsigned k = 0; k < pg_nareas; k++) {
+            if (pg_areas[k].town == t) {
+                ar = &pg_areas[k];
+                aacc += ar->weight;
+                if (ra < aacc) {
+                    break;
+                }
+            }
+        }
+        double lat = ar->lat + gauss(&s) * ar->sigma_m / M_PER_DEG;
+        double lon = ar->lon + gauss(&s) * ar->sigma_m / (M_PER_DEG * cos(lat * PI / 180.0));
         u->lat = (float)lat;
         u->lon = (float)lon;
         u->town = (uint8_t)t;
@@ -220,6 +289,7 @@ int pg_generate(const struct pg_params *p, struct pg_pop *pop)
             u->radius_m = (uint16_t)(p->radius_min_m + 50 * below(&s, steps));
         }
         u->locale = (uint8_t)pick(&s, locale_pct, 3);
+        u->activity = (uint8_t)pick(&s, activity_pct, 3);
         u->prefs = (uint8_t)pick(&s, prefs_pct, 5);
         unsigned k = pick(&s, groups_pct, 4) + 1;
         u->ngroups = (uint8_t)(k < 4 ? k : 4 + below(&s, PG_MAX_GROUPS_PER_USER - 3));
@@ -574,7 +644,13 @@ void pg_report(const struct pg_pop *pop, uint64_t *rng, uint64_t seq, int64_t ti
     static const unsigned src_pct[] = {85, 10, 3, 2};
     Bb__Report *rep = r->rep;
     bb__report__init(rep);
-    uint32_t a = (uint32_t)(pg_rand(rng) % pop->nusers);
+    /* Authors by usage: an active resident (three times a week or more)
+     * reports 16 times as often as one who looks in less than monthly. */
+    static const unsigned activity_weight[] = {1, 4, 16};
+    uint32_t a;
+    do {
+        a = (uint32_t)(pg_rand(rng) % pop->nusers);
+    } while (below(rng, 16) >= activity_weight[pop->users[a].activity]);
     const struct pg_user *au = &pop->users[a];
     double lat = au->lat + gauss(rng) * 250.0 / M_PER_DEG;
     double lon = au->lon + gauss(rng) * 250.0 / (M_PER_DEG * cos(lat * PI / 180.0));

@@ -2,9 +2,11 @@
  * memory for benchmarks: deterministic for a seed, shaped after the field research (see
  * shared/DESIGN.md, "What the field research says").
  *
- * Residents live around six Dutch towns (a normal spread around each centre, weighted by
- * population). Sorting them along the geohash curve puts neighbours next to each other; cutting
- * that order into runs gives groups that are compact on the map:
+ * Residents live in the neighbourhoods of six Dutch towns (pg_areas: approximate centres, a
+ * share of the town's residents and a spread each; towns weighted by population). Each has a
+ * usage intensity as the field research found (39 % less than monthly, 16 % three times a week
+ * or more); report authors are drawn by it. Sorting them along the geohash curve puts neighbours
+ * next to each other; cutting that order into runs gives groups that are compact on the map:
  *   - every resident's first group is a street or neighbourhood group (20..1,000 people),
  *   - residents in two or more groups (56 %) also belong to their district (1,100..5,000),
  *   - the 3rd..13th groups are street groups of neighbours a few hundred to 20,000 places
@@ -46,6 +48,18 @@ struct pg_town {
 extern const struct pg_town pg_towns[];
 extern const unsigned pg_ntowns;
 
+/* A neighbourhood of a town: residents are placed around its centre. */
+struct pg_area {
+    unsigned town; /* index into pg_towns */
+    const char *name;
+    double lat, lon;
+    double weight;  /* percent of the town's residents */
+    double sigma_m; /* spread around the centre */
+};
+
+extern const struct pg_area pg_areas[];
+extern const unsigned pg_nareas;
+
 struct pg_params {
     uint64_t seed;
     uint32_t users;
@@ -80,7 +94,8 @@ struct pg_user {
     uint8_t locale; /* 0 nl, 1 en, 2 de */
     uint8_t prefs;  /* enum pg_prefs */
     uint8_t ngroups;
-    uint32_t muted; /* 0, or the user id of a neighbour whose reports they muted */
+    uint8_t activity; /* 0 less than monthly (39 %), 1 (45 %), 2 three times a week+ (16 %) */
+    uint32_t muted;   /* 0, or the user id of a neighbour whose reports they muted */
 };
 
 /* A group; group id = index + 1. */

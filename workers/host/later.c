@@ -275,8 +275,8 @@ static void collection_keys(const struct bb_later *l, const char *member, char *
 }
 
 int bb_later_collect(struct bb_later *l, const char *member, const char *field, const void *item,
-                     size_t itemlen, int64_t due_ms, const void *blob, size_t bloblen,
-                     int64_t max, bb_later_done_fn *done, void *arg)
+                     size_t itemlen, int64_t due_ms, const void *blob, size_t bloblen, int64_t max,
+                     bb_later_done_fn *done, void *arg)
 {
     char live[300], sending[320], due[24], smax[24];
     collection_keys(l, member, live, sizeof(live), sending, sizeof(sending));
@@ -287,8 +287,8 @@ int bb_later_collect(struct bb_later *l, const char *member, const char *field, 
     return eval(l, collect_lua, 3, 9, args, lens, done, arg);
 }
 
-int bb_later_flushed(struct bb_later *l, const char *member, int64_t next_due_ms,
-                     const void *blob, size_t bloblen, bb_later_done_fn *done, void *arg)
+int bb_later_flushed(struct bb_later *l, const char *member, int64_t next_due_ms, const void *blob,
+                     size_t bloblen, bb_later_done_fn *done, void *arg)
 {
     char live[300], sending[320], due[24];
     collection_keys(l, member, live, sizeof(live), sending, sizeof(sending));

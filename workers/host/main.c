@@ -85,10 +85,10 @@ static void render_metrics(struct evbuffer *b, void *arg)
         for (size_t i = 0; i < w->n; i++) {
             if (w->streams[i]) {
                 const char *st = (const char *)bb_stream_stats(w->streams[i]);
-                evbuffer_add_printf(b, "%s{channel=\"%s\"} %llu\n", channel_counters[c].name,
-                                    bb_stream_instance(w->streams[i]),
-                                    (unsigned long long)*(const uint64_t *)(st +
-                                                                           channel_counters[c].off));
+                evbuffer_add_printf(
+                    b, "%s{channel=\"%s\"} %llu\n", channel_counters[c].name,
+                    bb_stream_instance(w->streams[i]),
+                    (unsigned long long)*(const uint64_t *)(st + channel_counters[c].off));
             }
         }
     }
@@ -104,8 +104,9 @@ static void render_metrics(struct evbuffer *b, void *arg)
         uint64_t cum = 0;
         for (size_t k = 0; k < BB_LATENCY_BUCKETS; k++) {
             cum += st->latency[k];
-            evbuffer_add_printf(b, "bb_worker_delivery_seconds_bucket{channel=\"%s\",le=\"%g\"} %llu\n",
-                                inst, bb_latency_bounds_ms[k] / 1000.0, (unsigned long long)cum);
+            evbuffer_add_printf(
+                b, "bb_worker_delivery_seconds_bucket{channel=\"%s\",le=\"%g\"} %llu\n", inst,
+                bb_latency_bounds_ms[k] / 1000.0, (unsigned long long)cum);
         }
         cum += st->latency[BB_LATENCY_BUCKETS];
         evbuffer_add_printf(b,

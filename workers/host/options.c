@@ -342,8 +342,8 @@ static int finish_channel(const struct bb_worker_config *cfg, struct bb_chan_con
         bool named = false;
         for (size_t i = 0; i < c->nplugins; i++) {
             size_t n = strlen(c->plugins[i]);
-            named = named || (strncmp(c->kv[k].key, c->plugins[i], n) == 0 &&
-                              c->kv[k].key[n] == '.');
+            named =
+                named || (strncmp(c->kv[k].key, c->plugins[i], n) == 0 && c->kv[k].key[n] == '.');
         }
         if (!named) {
             snprintf(err, errlen,
@@ -428,10 +428,9 @@ static int build_channels(struct bb_worker_config *cfg, struct kv_list *l, char 
         }
         if (host_opt) {
             char why[256];
-            if (bb_config_set(chan_opts, chan_nopts, &c->o, kv->key, kv->value, why,
-                              sizeof(why)) != BB_OK) {
-                snprintf(err, errlen, "%s:%d: channel.%s.%s", kv->source, kv->line, kv->inst,
-                         why);
+            if (bb_config_set(chan_opts, chan_nopts, &c->o, kv->key, kv->value, why, sizeof(why)) !=
+                BB_OK) {
+                snprintf(err, errlen, "%s:%d: channel.%s.%s", kv->source, kv->line, kv->inst, why);
                 return BB_ECONFIG;
             }
             continue;
@@ -500,8 +499,8 @@ void bb_worker_config_dump(const struct bb_worker_config *cfg)
     bb_config_dump(worker_opts, worker_nopts, cfg, stdout);
     for (size_t i = 0; i < cfg->nchans; i++) {
         const struct bb_chan_conf *c = &cfg->chans[i];
-        printf("channel.%s.plugin \"%s\"\nchannel.%s.stream %s\nchannel.%s.group %s\n",
-               c->instance, c->plugin, c->instance, c->stream, c->instance, c->group);
+        printf("channel.%s.plugin \"%s\"\nchannel.%s.stream %s\nchannel.%s.group %s\n", c->instance,
+               c->plugin, c->instance, c->stream, c->instance, c->group);
         printf("channel.%s.collect \"%s\"\nchannel.%s.collect_max %lld\n", c->instance,
                c->o.collect, c->instance, (long long)c->o.collect_max);
         printf("channel.%s.rate %lld\nchannel.%s.burst %lld\nchannel.%s.concurrency %lld\n",

@@ -85,7 +85,7 @@ struct bb_stream {
     int64_t open_until; /* breaker open until (monotonic ms); 0: closed */
     bool trial;         /* half-open: one send is testing the provider */
     struct event *gate_ev;
-    unsigned jobs;      /* later jobs held */
+    unsigned jobs; /* later jobs held */
     struct bb_stream_stats stats;
 };
 
@@ -103,7 +103,7 @@ struct delivery {
     unsigned attempt;
     bool sending;
     bool holds_slot;
-    bool parked;     /* its next try is in bb:later, not ours */
+    bool parked; /* its next try is in bb:later, not ours */
     unsigned digest_hour;
     bool digest_weekly;
     struct delivery *next_wait;
@@ -118,13 +118,13 @@ struct delivery {
 struct batch {
     struct bb_stream *s;
     struct batch *next;
-    char id[48];        /* the entry id; for a job, the entry it came from */
-    uint8_t *p;         /* the entry's payload, or the job's PendingDelivery */
+    char id[48]; /* the entry id; for a job, the entry it came from */
+    uint8_t *p;  /* the entry's payload, or the job's PendingDelivery */
     size_t plen;
-    int channel;        /* Channel number */
+    int channel; /* Channel number */
     Bb__DeliveryBatch *db;
     Bb__Notification *n;
-    uint8_t *raw;       /* n packed (kept for parking and collecting) */
+    uint8_t *raw; /* n packed (kept for parking and collecting) */
     size_t rawlen;
     struct bb_notification bn;
     struct bb_media *media;
@@ -132,7 +132,7 @@ struct batch {
     size_t nd, left;
     struct event *ack_ev;
     /* A job: */
-    char *member;       /* its bb:later member; NULL for an entry */
+    char *member; /* its bb:later member; NULL for an entry */
     Bb__PendingDelivery *pd;
     /* A collection's items (the digest's notifications) and their delivery ids. */
     Bb__Notification **in;
@@ -492,7 +492,8 @@ static void breaker_failed(struct bb_stream *s, const char *reason)
         s->open_until = bb_mono_ms() + s->conf->o.breaker_cooldown_ms;
         s->trial = false;
         s->stats.breaker_opened++;
-        bb_warn("circuit open: sends paused, deliveries parked", "channel=%s failures=%u last=%s "
+        bb_warn("circuit open: sends paused, deliveries parked",
+                "channel=%s failures=%u last=%s "
                 "cooldown_ms=%lld",
                 s->conf->instance, s->failures, reason, (long long)s->conf->o.breaker_cooldown_ms);
         arm_ms(s->gate_ev, s->conf->o.breaker_cooldown_ms);
@@ -503,13 +504,14 @@ static void breaker_failed(struct bb_stream *s, const char *reason)
 
 /* KEYS: user hash, directory stream; ARGV: field, the value that failed, event. Only
  * the address that failed is removed: one the app rotated in meanwhile stays. */
-static const char gone_lua[] = "if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end\n"
-                               "redis.call('HDEL', KEYS[1], ARGV[1])\n"
-                               "if ARGV[1] == 'push_token' then\n"
-                               "  redis.call('HDEL', KEYS[1], 'push_platform')\n"
-                               "end\n"
-                               "redis.call('XADD', KEYS[2], '*', 'p', ARGV[3])\n"
-                               "return 1\n";
+static const char gone_lua[] =
+    "if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end\n"
+    "redis.call('HDEL', KEYS[1], ARGV[1])\n"
+    "if ARGV[1] == 'push_token' then\n"
+    "  redis.call('HDEL', KEYS[1], 'push_platform')\n"
+    "end\n"
+    "redis.call('XADD', KEYS[2], '*', 'p', ARGV[3])\n"
+    "return 1\n";
 
 static void on_gone(struct bb_conn *c, redisReply *r, void *priv)
 {
@@ -523,11 +525,11 @@ static void on_gone(struct bb_conn *c, redisReply *r, void *priv)
 static void contact_gone(struct delivery *d, const char *reason)
 {
     struct batch *b = d->b;
-    const char *field = b->channel == BB__CHANNEL__CHANNEL_PUSH ? "push_token"
-                        : b->channel == BB__CHANNEL__CHANNEL_EMAIL ||
-                                b->channel == BB__CHANNEL__CHANNEL_DIGEST
-                            ? "email"
-                            : NULL;
+    const char *field =
+        b->channel == BB__CHANNEL__CHANNEL_PUSH ? "push_token"
+        : b->channel == BB__CHANNEL__CHANNEL_EMAIL || b->channel == BB__CHANNEL__CHANNEL_DIGEST
+            ? "email"
+            : NULL;
     const char *value = !field ? NULL : field[0] == 'p' ? d->contact.push_token : d->contact.email;
     if (!field || d->pub.recipient_kind != BB_RECIPIENT_USER || !value || !value[0]) {
         return;
@@ -550,8 +552,8 @@ static void contact_gone(struct delivery *d, const char *reason)
     bb__directory_event__pack(&ev, buf);
     char key[48];
     snprintf(key, sizeof(key), "bb:user:%" PRIu64, d->pub.recipient);
-    const char *argv[] = {"EVAL", gone_lua, "2", key, "bb:directory", field, value,
-                          (const char *)buf};
+    const char *argv[] = {"EVAL",         gone_lua, "2",   key,
+                          "bb:directory", field,    value, (const char *)buf};
     size_t len[] = {4, strlen(gone_lua), 1, strlen(key), 12, strlen(field), strlen(value), n};
     b->s->stats.gone++;
     if (bb_conn_command(b->s->commands, on_gone, NULL, 8, argv, len) != BB_OK) {
@@ -819,8 +821,7 @@ static void on_collected(void *arg, long long result)
 
 /* A PendingDelivery for d's next try (or a collection's schedule), packed
  * into buf (from malloc); returns its length, 0 on failure. */
-static size_t pack_job(const struct delivery *d, int64_t due_ms, const char *reason,
-                       uint8_t **buf)
+static size_t pack_job(const struct delivery *d, int64_t due_ms, const char *reason, uint8_t **buf)
 {
     const struct batch *b = d->b;
     Bb__PendingDelivery pd = BB__PENDING_DELIVERY__INIT;
@@ -1031,7 +1032,7 @@ static void start_deliveries(struct batch *b)
     }
     int64_t now = bb_now_ms();
     int kind = db->recipient_kind == BB__RECIPIENT_KIND__RECIPIENT_KIND_GROUP ? BB_RECIPIENT_GROUP
-                                                                               : BB_RECIPIENT_USER;
+                                                                              : BB_RECIPIENT_USER;
     for (size_t i = 0; i < b->nd; i++) {
         if (delivery_init(b, &b->d[i], db->notification_key, db->recipients[i], kind, now) != 0) {
             bb_error("cannot set up a delivery; the batch stays pending", "entry=%s", b->id);
