@@ -762,3 +762,51 @@ unsigned bb_social_retry_after(const struct bb_http_response *res, const char *r
     }
     return 0;
 }
+
+/* ---- sending ------------------------------------------------------------------------------ */
+
+static void buf_wipe_free(struct bb_social_buf *b)
+{
+    if (b->p) {
+        memset(b->p, 0, b->len);
+    }
+    bb_social_buf_free(b);
+}
+
+int bb_social_buf_out(const struct bb_host_api *host, struct bb_social_buf *b, char **out,
+                      size_t *outlen)
+{
+    *out = b->oom ? NULL : host->alloc(b->len + 1);
+    if (*out) {
+        memcpy(*out, b->p ? b->p : "", b->len);
+        (*out)[b->len] = '\0';
+        *outlen = b->len;
+    }
+    buf_wipe_free(b);
+    return *out ? 0 : -1;
+}
+
+int bb_social_post(const struct bb_host_api *host, const char *url,
+                   const struct bb_http_header *headers, size_t nheaders, struct bb_social_buf *b,
+                   long timeout_ms, const char *pool, bb_http_done_fn *on_response, void *op)
+{
+    struct bb_http_request req = {
+        .struct_size = sizeof(req),
+        .method = "POST",
+        .url = url,
+        .headers = headers,
+        .nheaders = nheaders,
+        .body = b->p,
+        .body_len = b->len,
+        .timeout_ms = timeout_ms,
+        .pool = pool,
+    };
+    /* The host copies the body and the headers. */
+    int rc = b->oom ? -1 : host->http(host->host, &req, on_response, op);
+    buf_wipe_free(b);
+    if (rc != 0) {
+        host->free(op);
+        return -1;
+    }
+    return 0;
+}

@@ -74,6 +74,21 @@ void bb_social_buf_json(struct bb_social_buf *b, const char *s);
 void bb_social_buf_form(struct bb_social_buf *b, const char *s);
 void bb_social_buf_free(struct bb_social_buf *b);
 
+/* ---- sending ------------------------------------------------------------------------------ */
+
+/* What format() hands back: b's text in memory from host->alloc. Frees b
+ * (wiped first). Returns 0, or -1 when out of memory. */
+int bb_social_buf_out(const struct bb_host_api *host, struct bb_social_buf *b, char **out,
+                      size_t *outlen);
+
+/* POSTs b (then wiped and freed: it may hold a token) to url with headers
+ * through the host's HTTP helper, in pool; on_response gets op, which the
+ * caller allocated from host->alloc. Returns 0, or -1 when the request
+ * could not start (op is then freed, on_response never runs). */
+int bb_social_post(const struct bb_host_api *host, const char *url,
+                   const struct bb_http_header *headers, size_t nheaders, struct bb_social_buf *b,
+                   long timeout_ms, const char *pool, bb_http_done_fn *on_response, void *op);
+
 /* ---- responses -------------------------------------------------------------------------- */
 
 /* The value of response header name (case-insensitive), or NULL. The

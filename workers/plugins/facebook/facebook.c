@@ -199,26 +199,18 @@ static int facebook_format(void *ctx, const struct bb_delivery *d, char **out, s
         bb_social_buf_free(&b);
         return -1;
     }
-    *out = c->host->alloc(b.len + 1);
-    if (*out) {
-        memcpy(*out, b.p, b.len + 1);
-        *outlen = b.len;
-    }
-    bb_social_buf_free(&b);
-    return *out ? 0 : -1;
+    return bb_social_buf_out(c->host, &b, out, outlen);
 }
 
 static int facebook_send(void *ctx, const struct bb_delivery *d, bb_send_done_fn *done, void *token)
 {
     struct facebook_ctx *c = ctx;
     struct bb_social_buf b = {0};
-    if (render_body(c, d, c->token, &b) != 0) {
-        bb_social_buf_free(&b);
-        return -1;
-    }
     struct facebook_op *op = c->host->alloc(sizeof(*op));
-    if (!op) {
-        memset(b.p, 0, b.len);
+    if (!op || render_body(c, d, c->token, &b) != 0) {
+        if (op) {
+            c->host->free(op);
+        }
         bb_social_buf_free(&b);
         return -1;
     }
@@ -226,26 +218,8 @@ static int facebook_send(void *ctx, const struct bb_delivery *d, bb_send_done_fn
     struct bb_http_header h[] = {
         {"Content-Type", "application/x-www-form-urlencoded"},
     };
-    struct bb_http_request req = {
-        .struct_size = sizeof(req),
-        .method = "POST",
-        .url = c->url,
-        .headers = h,
-        .nheaders = sizeof(h) / sizeof(h[0]),
-        .body = b.p,
-        .body_len = b.len,
-        .timeout_ms = c->timeout_ms,
-        .pool = "facebook",
-    };
-    /* The host copies the body; the copy here holds the token, so it is wiped. */
-    int rc = c->host->http(c->host->host, &req, on_response, op);
-    memset(b.p, 0, b.len);
-    bb_social_buf_free(&b);
-    if (rc != 0) {
-        c->host->free(op);
-        return -1;
-    }
-    return 0;
+    return bb_social_post(c->host, c->url, h, sizeof(h) / sizeof(h[0]), &b, c->timeout_ms,
+                          "facebook", on_response, op);
 }
 
 static void facebook_destroy(void *ctx)

@@ -48,16 +48,6 @@ static const struct bb_channel_option mastodon_options[] = {
     {NULL, 0, NULL, NULL},
 };
 
-static char *dup_host(const struct bb_host_api *host, const char *s, size_t n)
-{
-    char *d = host->alloc(n + 1);
-    if (d) {
-        memcpy(d, s, n);
-        d[n] = '\0';
-    }
-    return d;
-}
-
 /* The JSON body for d; the caller frees b. */
 static int render_body(const struct mastodon_ctx *c, const struct bb_delivery *d,
                        struct bb_social_buf *b)
@@ -175,22 +165,18 @@ static int mastodon_format(void *ctx, const struct bb_delivery *d, char **out, s
         bb_social_buf_free(&b);
         return -1;
     }
-    *out = dup_host(c->host, b.p, b.len);
-    *outlen = b.len;
-    bb_social_buf_free(&b);
-    return *out ? 0 : -1;
+    return bb_social_buf_out(c->host, &b, out, outlen);
 }
 
 static int mastodon_send(void *ctx, const struct bb_delivery *d, bb_send_done_fn *done, void *token)
 {
     struct mastodon_ctx *c = ctx;
     struct bb_social_buf b = {0};
-    if (render_body(c, d, &b) != 0) {
-        bb_social_buf_free(&b);
-        return -1;
-    }
     struct mastodon_op *op = c->host->alloc(sizeof(*op));
-    if (!op) {
+    if (!op || render_body(c, d, &b) != 0) {
+        if (op) {
+            c->host->free(op);
+        }
         bb_social_buf_free(&b);
         return -1;
     }
@@ -200,25 +186,8 @@ static int mastodon_send(void *ctx, const struct bb_delivery *d, bb_send_done_fn
         {"Authorization", c->auth},
         {"Idempotency-Key", d->delivery_id},
     };
-    struct bb_http_request req = {
-        .struct_size = sizeof(req),
-        .method = "POST",
-        .url = c->url,
-        .headers = h,
-        .nheaders = sizeof(h) / sizeof(h[0]),
-        .body = b.p,
-        .body_len = b.len,
-        .timeout_ms = c->timeout_ms,
-        .pool = "mastodon",
-    };
-    /* The host copies the body and the headers. */
-    int rc = c->host->http(c->host->host, &req, on_response, op);
-    bb_social_buf_free(&b);
-    if (rc != 0) {
-        c->host->free(op);
-        return -1;
-    }
-    return 0;
+    return bb_social_post(c->host, c->url, h, sizeof(h) / sizeof(h[0]), &b, c->timeout_ms,
+                          "mastodon", on_response, op);
 }
 
 static void mastodon_destroy(void *ctx)

@@ -177,25 +177,18 @@ static int x_format(void *ctx, const struct bb_delivery *d, char **out, size_t *
         bb_social_buf_free(&b);
         return -1;
     }
-    *out = c->host->alloc(b.len + 1);
-    if (*out) {
-        memcpy(*out, b.p, b.len + 1);
-        *outlen = b.len;
-    }
-    bb_social_buf_free(&b);
-    return *out ? 0 : -1;
+    return bb_social_buf_out(c->host, &b, out, outlen);
 }
 
 static int x_send(void *ctx, const struct bb_delivery *d, bb_send_done_fn *done, void *token)
 {
     struct x_ctx *c = ctx;
     struct bb_social_buf b = {0};
-    if (render_body(c, d, &b) != 0) {
-        bb_social_buf_free(&b);
-        return -1;
-    }
     struct x_op *op = c->host->alloc(sizeof(*op));
-    if (!op) {
+    if (!op || render_body(c, d, &b) != 0) {
+        if (op) {
+            c->host->free(op);
+        }
         bb_social_buf_free(&b);
         return -1;
     }
@@ -204,25 +197,8 @@ static int x_send(void *ctx, const struct bb_delivery *d, bb_send_done_fn *done,
         {"Content-Type", "application/json"},
         {"Authorization", c->auth},
     };
-    struct bb_http_request req = {
-        .struct_size = sizeof(req),
-        .method = "POST",
-        .url = c->url,
-        .headers = h,
-        .nheaders = sizeof(h) / sizeof(h[0]),
-        .body = b.p,
-        .body_len = b.len,
-        .timeout_ms = c->timeout_ms,
-        .pool = "x",
-    };
-    /* The host copies the body and the headers. */
-    int rc = c->host->http(c->host->host, &req, on_response, op);
-    bb_social_buf_free(&b);
-    if (rc != 0) {
-        c->host->free(op);
-        return -1;
-    }
-    return 0;
+    return bb_social_post(c->host, c->url, h, sizeof(h) / sizeof(h[0]), &b, c->timeout_ms, "x",
+                          on_response, op);
 }
 
 static void x_destroy(void *ctx)
