@@ -167,7 +167,7 @@ echo "push (file channel):   $(count "$tmp/push.jsonl") deliveries, e.g.:"
 head -1 "$tmp/push.jsonl" 2>/dev/null | cut -c1-220
 echo "inbox (file channel):  $(count "$tmp/inbox.jsonl") deliveries"
 echo "e-mail (SMTP):         $(ls "$tmp/mail" | wc -l) messages received by the local SMTP server, e.g.:"
-first=$(ls "$tmp/mail" | head -1)
+first=$(ls "$tmp/mail" | head -1 || true)
 [ -n "$first" ] && grep -m4 -E '^(Subject|To|List-Unsubscribe|Message-ID):' "$tmp/mail/$first"
 waiting=$(redis-cli -p "$rport" zcard bb:later:digest)
 echo "digest (collected):    $waiting residents have a digest waiting for their own hour"
@@ -177,7 +177,7 @@ if [ -n "$who" ]; then
   before=$(ls "$tmp/mail" | wc -l)
   redis-cli -p "$rport" zadd bb:later:digest 0 "$who" >/dev/null
   for _ in $(seq 1 50); do [ "$(ls "$tmp/mail" | wc -l)" -gt "$before" ] && break; sleep 0.1; done
-  newest=$(ls -t "$tmp/mail" | head -1)
+  newest=$(ls -t "$tmp/mail" | head -1 || true)
   echo "  sent now for resident ${who#c:u}, e.g.:"
   [ -n "$newest" ] && grep -m2 -E '^(Subject|To):' "$tmp/mail/$newest"
 fi

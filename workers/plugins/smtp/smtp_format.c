@@ -123,7 +123,7 @@ static const struct smtp_tmpl tmpl_nl = {
     .status = {"", "Ontvangen", "In onderzoek", "Politie ter plaatse", "Verdachte aangehouden",
                "Opgelost", "Loos alarm", "Afgesloten"},
     .digest_count = "%zu meldingen",
-    .digest_title = "Uw buurtoverzicht: %zu meldingen",
+    .digest_title = "Uw buurtoverzicht (%zu)",
     .why = "U ontvangt dit bericht omdat u meedoet aan buurtpreventie in deze buurt.",
     .unsubscribe = "Afmelden",
 };
@@ -140,7 +140,7 @@ static const struct smtp_tmpl tmpl_en = {
     .status = {"", "Received", "Under investigation", "Police on site", "Suspect arrested",
                "Resolved", "False alarm", "Closed"},
     .digest_count = "%zu reports",
-    .digest_title = "Your neighbourhood digest: %zu reports",
+    .digest_title = "Your neighbourhood digest (%zu)",
     .why = "You receive this message because you take part in neighbourhood watch here.",
     .unsubscribe = "Unsubscribe",
 };
