@@ -58,7 +58,7 @@ static const struct bb_opt worker_opts[] = {
         "largest reconnect backoff"),
     OPT("tcp_keepalive", BB_OPT_INT, keepalive_s, "15", 0, 3600, "TCP keepalive: 0 off"),
     OPT("sent_ttl", BB_OPT_DURATION_MS, sent_ttl_ms, "7d", 1000, 31536000000LL,
-        "how long bb:sent:{delivery id} markers are kept (longer than any redelivery)"),
+        "how long bb:sent:<inst>:{delivery id} records are kept (longer than any redelivery)"),
     OPT("max_unconfirmed", BB_OPT_INT, max_unconfirmed, "256", 1, 100000,
         "deliveries per channel recorded and not yet confirmed by the plug-in; a crash loses "
         "at most these"),

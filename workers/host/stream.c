@@ -1,19 +1,26 @@
-/* One channel instance's stream: bb:out:<inst> read through the consumer
- * group, each DeliveryBatch decoded (dictionary fetched and cached,
- * decompressed with a size cap), every recipient's contact resolved,
- * the delivery recorded, handed to the plug-in, its outcome written, and
- * the entry acked once all its deliveries are done.
+/* One channel instance's stream: bb:out:<inst> read through the instance's
+ * consumer group, each DeliveryBatch decoded (dictionary fetched and
+ * cached, decompressed with a size cap), every recipient's contact
+ * resolved, the delivery collected or recorded, handed to the plug-in, its
+ * outcome written, and the entry acked once all its deliveries are done or
+ * parked in Redis. Jobs taken from bb:later (later.c: retries, and
+ * collections due to be sent as a digest) run through the same steps.
  *
  * Per delivery, each step one Redis round trip on the commands connection
  * (replies come in order, so the steps of a batch's deliveries pipeline):
- *   contact  HMGET bb:user:{id} email push_token push_platform u
- *   record   SET bb:sent:{delivery id} 1 NX PX sent_ttl   (nil: sent before -> skip)
+ *   contact  HMGET bb:user:{id} email push_token push_platform u; the
+ *            plug-in is picked by push_platform when the instance has several
+ *   collect  (collecting instances) the notification into the recipient's
+ *            collection, its send time into bb:later: done
+ *   gate     token bucket, concurrency, circuit breaker (open: park, unsent)
+ *   record   SET bb:sent:<inst>:{delivery id} 1 NX PX sent_ttl
+ *            (nil: sent before -> skip)
  *   send     the plug-in's send(); done() gives the outcome
- *            (at most max_unconfirmed deliveries per channel are between
+ *            (at most max_unconfirmed deliveries per instance are between
  *            record and outcome at any time; the others wait their turn)
- *   outcome  XADD bb:receipts (+ XADD bb:dead for a permanent failure); a retry
- *            first DELs the record, waits (backoff with jitter, or Retry-After,
- *            within retry_budget), then records again.
+ *   outcome  XADD bb:receipts (+ XADD bb:dead for a permanent failure); gone:
+ *            the address removed with a contact_gone event; a retry is
+ *            parked in bb:later with its record dropped, in one script.
  *
  * Exactly-once effect: a delivery whose record exists is never sent again,
  * by this worker or any other. The one window: the worker dies after
