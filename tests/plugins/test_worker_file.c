@@ -827,6 +827,52 @@ static void plugin_chosen_by_platform(void **state)
     assert_int_equal(bb_kit_dead(rc, "no_plugin_for_platform"), 2);
 }
 
+/* Entries the worker cannot use each become one dead letter with a clear
+ * reason, and the worker goes on: a valid batch after them is delivered. */
+static void hostile_entries_dead_lettered(void **state)
+{
+    static uint8_t buf[16384];
+    /* No payload field at all. */
+    freeReplyObject(bb_kit_cmd(rc, "XADD %s * x y", STREAM));
+    /* A payload plus fields nobody asked for: used, the rest ignored. */
+    size_t n = make_batch(buf, sizeof(buf), "x1", "extra velden", dict_a, 1, 2);
+    freeReplyObject(bb_kit_cmd(rc, "XADD %s * extra 1 p %b more 2", STREAM, buf, n));
+    /* 8 MiB of garbage as the payload. */
+    size_t huge = 8u << 20;
+    char *junk = malloc(huge);
+    assert_non_null(junk);
+    memset(junk, 0xab, huge);
+    bb_kit_xadd(rc, STREAM, junk, huge);
+    free(junk);
+    /* A notification that decompresses past max_payload (256 KiB). */
+    size_t tlen = 300u << 10;
+    char *big = malloc(tlen + 1);
+    assert_non_null(big);
+    memset(big, 'a', tlen);
+    big[tlen] = '\0';
+    n = make_batch(buf, sizeof(buf), "x2", big, dict_a, 1, 1);
+    free(big);
+    xadd(buf, n);
+    /* Invalid UTF-8 in the text. */
+    xadd(buf, make_batch(buf, sizeof(buf), "x3", "kapot \xc3\x28 tekst", dict_a, 1, 1));
+    /* And a good one after all of them. */
+    xadd(buf, make_batch(buf, sizeof(buf), "x4", "gewoon", dict_a, 3, 1));
+
+    start_worker("wh");
+    bool done = wait_done(20000);
+    int st = bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
+    assert_true(done);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_int_equal(bb_kit_dead(rc, "missing_payload"), 1);
+    assert_int_equal(bb_kit_dead(rc, "decode_error"), 1);
+    assert_int_equal(bb_kit_dead(rc, "payload_too_big"), 1);
+    assert_int_equal(bb_kit_dead(rc, "invalid_utf8"), 1);
+    assert_int_equal(bb_kit_dead(rc, NULL), 4);
+    assert_int_equal(count_lines("r:x1:3:1"), 1);
+    assert_int_equal(count_lines("r:x1:3:2"), 1);
+    assert_int_equal(count_lines("r:x4:3:3"), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -841,6 +887,7 @@ int main(void)
         cmocka_unit_test_setup(breaker_parks_while_provider_is_down, reset),
         cmocka_unit_test_setup(rate_limit_spaces_sends, reset),
         cmocka_unit_test_setup(plugin_chosen_by_platform, reset),
+        cmocka_unit_test_setup(hostile_entries_dead_lettered, reset),
     };
     int failures = cmocka_run_group_tests(tests, setup, teardown);
     bb_harness_finish(failures != 0);
