@@ -2,6 +2,7 @@
  *
  * Threads: the fuzzer's one thread. */
 #define ZDICT_STATIC_LINKING_ONLY
+#include "host.h" /* the worker's own checks (workers/host/entry.c) */
 #include "fuzz_common.h"
 
 #include <stdarg.h>
@@ -327,26 +328,6 @@ struct bb_zdict *fuzz_dict_new(void)
 
 /* ---- the worker's checks ----------------------------------------------------------------- */
 
-/* workers/host/stream.c key_is_valid: printable ASCII, 1..80 bytes. */
-static bool key_is_valid(const char *key)
-{
-    size_t n = strlen(key);
-    if (n == 0 || n > 80) {
-        return false;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (key[i] < 0x21 || key[i] > 0x7e) {
-            return false;
-        }
-    }
-    return true;
-}
-
-static bool utf8(const char *s)
-{
-    return bb_utf8_is_valid(s, strlen(s));
-}
-
 const char *fuzz_worker_decode(struct bb_zdec *z, const struct bb_zdict *dict, const uint8_t *p,
                                size_t n, const char *key, int channel, const uint64_t *recipients,
                                size_t nrecipients)
@@ -371,19 +352,7 @@ const char *fuzz_worker_decode(struct bb_zdec *z, const struct bb_zdict *dict, c
     if (!note) {
         return "decode_error";
     }
-    const char *why = NULL;
-    const char *strs[] = {note->report_id, note->status_id, note->locale, note->title,
-                          note->text,      note->author,    note->cell,   note->group_name};
-    for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]) && !why; i++) {
-        if (!utf8(strs[i])) {
-            why = "invalid_utf8";
-        }
-    }
-    for (size_t i = 0; i < note->n_media && !why; i++) {
-        if (!note->media[i] || !utf8(note->media[i]->url) || !utf8(note->media[i]->mime_type)) {
-            why = "invalid_utf8";
-        }
-    }
+    const char *why = bb_notification_valid(note) ? NULL : "invalid_utf8";
     /* A delivery id per recipient, in the worker's buffer size. */
     for (size_t i = 0; i < nrecipients && !why && key; i++) {
         char did[192]; /* the worker's delivery id buffer */
@@ -405,7 +374,7 @@ const char *fuzz_worker_take(struct bb_zdec *z, const struct bb_zdict *dict, con
         return "decode_error";
     }
     const char *why = NULL;
-    if (!key_is_valid(db->notification_key)) {
+    if (!bb_entry_key_valid(db->notification_key)) {
         why = "bad_notification_key";
     } else if (db->notification_zstd.len == 0) {
         why = "missing_field:notification_zstd";

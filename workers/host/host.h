@@ -185,6 +185,15 @@ int64_t bb_next_interval_ms(int64_t every_ms, int64_t now_ms);
 int32_t bb_utc_offset_s(const char *tz, int64_t unix_s);
 void bb_schedule_cleanup(void);
 
+/* ---- entry.c: what an entry must be before a plug-in sees it --------------------------- */
+
+struct Bb__Notification;
+/* "r:{report id}" or "s:{status id}": printable ASCII without spaces, 1..80
+ * bytes (short enough for a delivery id). */
+bool bb_entry_key_valid(const char *key);
+/* Every string of the notification and its media is valid UTF-8. */
+bool bb_notification_valid(const struct Bb__Notification *n);
+
 /* ---- stream.c ---------------------------------------------------------------------------- */
 
 struct bb_stream;

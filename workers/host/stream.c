@@ -970,24 +970,6 @@ static void on_delivery_timer(evutil_socket_t fd, short what, void *arg)
 
 /* ---- decoding ---------------------------------------------------------------------------- */
 
-static bool notification_ok(const Bb__Notification *n)
-{
-    const char *strs[] = {n->report_id, n->status_id, n->locale, n->title,
-                          n->text,      n->author,    n->cell,   n->group_name};
-    for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
-        if (!bb_utf8_is_valid(strs[i], strlen(strs[i]))) {
-            return false;
-        }
-    }
-    for (size_t i = 0; i < n->n_media; i++) {
-        if (!n->media[i] || !bb_utf8_is_valid(n->media[i]->url, strlen(n->media[i]->url)) ||
-            !bb_utf8_is_valid(n->media[i]->mime_type, strlen(n->media[i]->mime_type))) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* Sets up delivery d of b to recipient: its id, record and timer. */
 static int delivery_init(struct batch *b, struct delivery *d, const char *key, uint64_t recipient,
                          int kind, int64_t first_ms)
@@ -1057,7 +1039,7 @@ static void start_deliveries(struct batch *b)
 static int view_notification(const Bb__Notification *n, struct bb_notification *bn,
                              struct bb_media **media)
 {
-    if (!notification_ok(n)) {
+    if (!bb_notification_valid(n)) {
         return -1;
     }
     *media = calloc(n->n_media ? n->n_media : 1, sizeof(**media));
@@ -1111,7 +1093,7 @@ static void decode(struct batch *b, const struct bb_zdict *dict)
         batch_dead(b, "decode_error", "notification");
         return;
     }
-    if (!notification_ok(b->n)) {
+    if (!bb_notification_valid(b->n)) {
         batch_dead(b, "invalid_utf8", "notification");
         return;
     }
@@ -1267,7 +1249,7 @@ static int load_items(struct batch *b, const redisReply *items)
             continue;
         }
         Bb__Notification *note = bb__notification__unpack(NULL, p->len, (const uint8_t *)p->str);
-        if (!note || !notification_ok(note)) {
+        if (!note || !bb_notification_valid(note)) {
             if (note) {
                 bb__notification__free_unpacked(note, NULL);
             }
@@ -1404,22 +1386,6 @@ static bool in_flight(const struct bb_stream *s, const char *id)
     return false;
 }
 
-/* "r:{report id}" or "s:{status id}": printable ASCII without spaces, and
- * short enough for a delivery id. */
-static bool key_is_valid(const char *key)
-{
-    size_t n = strlen(key);
-    if (n == 0 || n > 80) {
-        return false;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (key[i] < 0x21 || key[i] > 0x7e) {
-            return false;
-        }
-    }
-    return true;
-}
-
 static void take_entry(struct bb_stream *s, const redisReply *e)
 {
     if (e->type != REDIS_REPLY_ARRAY || e->elements < 1 ||
@@ -1466,7 +1432,7 @@ static void take_entry(struct bb_stream *s, const redisReply *e)
         return;
     }
     b->channel = (int)b->db->channel;
-    if (!key_is_valid(b->db->notification_key)) {
+    if (!bb_entry_key_valid(b->db->notification_key)) {
         batch_dead(b, "bad_notification_key", "");
         return;
     }
