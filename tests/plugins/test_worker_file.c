@@ -873,6 +873,33 @@ static void hostile_entries_dead_lettered(void **state)
     assert_int_equal(count_lines("r:x4:3:3"), 1);
 }
 
+/* collect_max bounds a collection: a third item for a full one is refused
+ * with a receipt, the two kept are sent in the digest. */
+static void collection_is_bounded(void **state)
+{
+    static uint8_t buf[8192];
+    xadd(buf, make_batch(buf, sizeof(buf), "f1", "een", dict_a, 1, 1));
+    xadd(buf, make_batch(buf, sizeof(buf), "f2", "twee", dict_a, 1, 1));
+    xadd(buf, make_batch(buf, sizeof(buf), "f3", "drie", dict_a, 1, 1));
+    extra_conf = "later_poll 50ms\nchannel.inbox.collect user\nchannel.inbox.collect_max 2\n"
+                 "read_count 1\n";
+    start_worker("wf");
+    extra_conf = "";
+    for (int t = 0; t < 20000 && bb_harness_stream_unfinished(rc, STREAM, "bb-workers") != 0;
+         t += 50) {
+        bb_harness_sleep_ms(50);
+    }
+    assert_int_equal(bb_harness_stream_unfinished(rc, STREAM, "bb-workers"), 0);
+    assert_int_equal(bb_kit_int(rc, "HLEN bb:collect:inbox:u1"), 2);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_PERMANENT, NULL, "collection_full"),
+                     1);
+    /* Its hour comes: one digest with the two. */
+    freeReplyObject(bb_kit_cmd(rc, "ZADD bb:later:inbox 0 c:u1"));
+    assert_true(wait_done(20000));
+    bb_kit_stop(&worker_pid, SIGTERM, BB_KIT_STOP_MS);
+    assert_int_equal(bb_kit_receipts(rc, BB__OUTCOME__OUTCOME_OK, NULL, NULL), 3); /* digest + 2 */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -888,6 +915,7 @@ int main(void)
         cmocka_unit_test_setup(rate_limit_spaces_sends, reset),
         cmocka_unit_test_setup(plugin_chosen_by_platform, reset),
         cmocka_unit_test_setup(hostile_entries_dead_lettered, reset),
+        cmocka_unit_test_setup(collection_is_bounded, reset),
     };
     int failures = cmocka_run_group_tests(tests, setup, teardown);
     bb_harness_finish(failures != 0);
