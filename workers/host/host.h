@@ -226,6 +226,9 @@ struct bb_stream_stats {
     uint64_t collected;      /* deliveries added to a collection (digest) */
     uint64_t gone;           /* addresses removed (unregistered token, hard bounce) */
     uint64_t breaker_opened; /* times the circuit breaker opened */
+    /* Deliveries found recorded but unconfirmed (a worker died mid-send):
+     * resent to an idempotent plug-in, or skipped as possibly lost. */
+    uint64_t resent, unconfirmed;
     /* Report entering bb:reports -> provider accepted, for deliveries sent
      * (not collected) from a batch: counts per bucket, the last one +Inf. */
     uint64_t latency[BB_LATENCY_BUCKETS + 1];

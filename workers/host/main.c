@@ -61,6 +61,12 @@ static const struct {
      offsetof(struct bb_stream_stats, gone)},
     {"bb_worker_breaker_opened_total", "Times the circuit breaker opened",
      offsetof(struct bb_stream_stats, breaker_opened)},
+    {"bb_worker_resent_unconfirmed_total",
+     "Deliveries whose earlier try was never confirmed, resent to an idempotent plug-in",
+     offsetof(struct bb_stream_stats, resent)},
+    {"bb_worker_unconfirmed_total",
+     "Deliveries whose earlier try was never confirmed, skipped (possibly lost)",
+     offsetof(struct bb_stream_stats, unconfirmed)},
 };
 
 static void render_metrics(struct evbuffer *b, void *arg)

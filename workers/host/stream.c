@@ -13,24 +13,29 @@
  *   collect  (collecting instances) the notification into the recipient's
  *            collection, its send time into bb:later: done
  *   gate     token bucket, concurrency, circuit breaker (open: park, unsent)
- *   record   SET bb:sent:<inst>:{delivery id} 1 NX PX sent_ttl
- *            (nil: sent before -> skip)
+ *   record   SET bb:sent:<inst>:{delivery id} p NX GET PX sent_ttl: "p" while
+ *            the delivery is with the plug-in (nil: new, send it; "1": done
+ *            before, skip; "p": see below)
  *   send     the plug-in's send(); done() gives the outcome
  *            (at most max_unconfirmed deliveries per instance are between
  *            record and outcome at any time; the others wait their turn)
- *   outcome  XADD bb:receipts (+ XADD bb:dead for a permanent failure); gone:
- *            the address removed with a contact_gone event; a retry is
- *            parked in bb:later with its record dropped, in one script.
+ *   outcome  SET bb:sent:... 1 XX KEEPTTL for a final outcome, XADD
+ *            bb:receipts (+ XADD bb:dead for a permanent failure); gone: the
+ *            address removed with a contact_gone event; a retry is parked in
+ *            bb:later with its record dropped, in one script.
  *
- * Exactly-once effect: a delivery whose record exists is never sent again,
- * by this worker or any other. The one window: the worker dies after
- * Redis stored the record and before the provider accepted the message
- * (the record's reply in flight, or send() started); that delivery is then
- * lost, never duplicated. At most max_unconfirmed deliveries per channel
- * are in that window: a smaller cap narrows it at the cost of throughput
- * with slow providers. A lost XACK or a crash after sending only leads
- * to a re-read that finds every record and writes SKIPPED_DUPLICATE
- * receipts.
+ * Exactly-once effect: a delivery whose record says "1" is never sent
+ * again, by this worker or any other. A record still "p" when its batch is
+ * read again means a worker died (or stalled past claim_idle) between
+ * handing the delivery over and recording the outcome: the provider may or
+ * may not have it. A plug-in with BB_CAP_IDEMPOTENCY_KEY gets it again with
+ * maybe_sent set and makes the resend harmless (the provider deduplicates
+ * on the delivery id, or the plug-in checks its sink), so nothing is lost
+ * or doubled. Any other plug-in's delivery is skipped with an
+ * "unconfirmed" receipt: possibly lost, never duplicated. At most
+ * max_unconfirmed deliveries per channel are in that window. A lost XACK
+ * or a crash after the outcome only leads to a re-read that finds every
+ * record and writes SKIPPED_DUPLICATE receipts.
  *
  * A batch that cannot be decoded (no payload, bad protobuf, unknown or bad
  * dictionary, corrupt or oversized frame, invalid UTF-8) goes to bb:dead
@@ -153,6 +158,7 @@ struct batch {
 static void read_next(struct bb_stream *s);
 static void run(struct delivery *d);
 static void release_slot(struct delivery *d);
+static void confirm(struct delivery *d);
 
 /* An entry we gave up on for now stays pending; read our pending entries
  * again (those still in flight are skipped) so it is not stranded. */
@@ -604,6 +610,7 @@ static void on_sent(void *token, int status, unsigned retry_after_s, const char 
     }
     release_slot(d);
     if (status == BB_SEND_OK) {
+        confirm(d);
         receipt(d, BB__OUTCOME__OUTCOME_OK, reason);
         observe_latency(s, d);
         finish(d);
@@ -626,12 +633,14 @@ static void on_sent(void *token, int status, unsigned retry_after_s, const char 
         }
         char detail[160];
         snprintf(detail, sizeof(detail), "attempts=%u last=%s", d->attempt, reason);
+        confirm(d);
         receipt(d, BB__OUTCOME__OUTCOME_PERMANENT, "retries_exhausted");
         dead_letter(d->b, "retries_exhausted", detail, d->id);
         finish(d);
         return;
     }
     /* PERMANENT, GONE, or a status this host does not know. */
+    confirm(d);
     if (status == BB_SEND_GONE) {
         contact_gone(d, reason[0] ? reason : "gone");
     }
@@ -789,14 +798,37 @@ static void on_record(struct bb_conn *c, redisReply *r, void *priv)
         redo_later(d);
         return;
     }
-    if (r->type == REDIS_REPLY_NIL) {
+    if (r->type == REDIS_REPLY_STRING && !(r->len == 1 && r->str[0] == 'p')) {
         release_slot(d);
         receipt(d, BB__OUTCOME__OUTCOME_SKIPPED_DUPLICATE, "already_sent");
         finish(d);
         return;
     }
+    if (r->type == REDIS_REPLY_STRING) {
+        /* An earlier try's outcome was never recorded. */
+        struct bb_stream *s = d->b->s;
+        if (!(d->pl->pl.ch->caps & BB_CAP_IDEMPOTENCY_KEY)) {
+            s->stats.unconfirmed++;
+            bb_warn("delivery skipped: an earlier try may have reached the provider",
+                    "channel=%s delivery=%s", s->conf->instance, d->id);
+            release_slot(d);
+            receipt(d, BB__OUTCOME__OUTCOME_SKIPPED_DUPLICATE, "unconfirmed");
+            finish(d);
+            return;
+        }
+        s->stats.resent++;
+        d->pub.maybe_sent = 1;
+    }
     d->step = STEP_SEND;
     send_one(d);
+}
+
+/* Marks d's record done: a final outcome (sent, or failed for good). */
+static void confirm(struct delivery *d)
+{
+    if (bb_conn_commandf(d->b->s->commands, NULL, NULL, "SET %s 1 XX KEEPTTL", d->rec) != BB_OK) {
+        bb_warn("record not confirmed: redis down", "delivery=%s", d->id);
+    }
 }
 
 static void on_parked(void *arg, long long result)
@@ -932,7 +964,7 @@ static void run(struct delivery *d)
             }
             admit(s, d);
         }
-        rc = bb_conn_commandf(s->commands, on_record, d, "SET %s 1 NX PX %lld", d->rec,
+        rc = bb_conn_commandf(s->commands, on_record, d, "SET %s p NX GET PX %lld", d->rec,
                               (long long)s->cfg->sent_ttl_ms);
         break;
     case STEP_PARK: {
@@ -1709,6 +1741,7 @@ struct bb_stream *bb_stream_new(struct event_base *base, const struct bb_worker_
     struct bb_conn_opts o = {
         .name = name,
         .addr = cfg->redis,
+        .user = cfg->redis_user,
         .password = cfg->redis_password,
         .connect_timeout_ms = cfg->connect_timeout_ms,
         /* A blocking read may take block_ms before any reply. */

@@ -114,6 +114,13 @@ struct bb_delivery {
      * the digest's own header: kind BB_KIND_DIGEST, title, locale). */
     const struct bb_notification *const *items;
     size_t nitems;
+    /* 1 when an earlier try of this delivery may have reached the provider:
+     * a worker handed it over and died before it recorded the outcome. The
+     * host resends such a delivery only to a plug-in with
+     * BB_CAP_IDEMPOTENCY_KEY, which must then make sure it takes effect at
+     * most once (the provider deduplicates on delivery_id, or the plug-in
+     * checks its own sink). Read with BB_HAS_FIELD (added in ABI 1). */
+    int maybe_sent;
 };
 
 /* ---- outcomes ------------------------------------------------------------------------------ */
@@ -238,7 +245,7 @@ struct bb_channel_config {
 
 enum bb_channel_caps {
     BB_CAP_BATCH = 1u << 0,           /* send() may be called many times before done() */
-    BB_CAP_IDEMPOTENCY_KEY = 1u << 1, /* passes delivery_id to the provider */
+    BB_CAP_IDEMPOTENCY_KEY = 1u << 1, /* delivery_id makes a resend harmless (see maybe_sent) */
     BB_CAP_HTTP2 = 1u << 2,           /* uses HTTP/2 through the host */
     BB_CAP_DIGEST = 1u << 3,          /* understands digest deliveries (items) */
     BB_CAP_PUBLIC = 1u << 4,          /* posts publicly: gets group recipients only */
