@@ -229,6 +229,7 @@ struct bb_stream_stats {
     /* Deliveries found recorded but unconfirmed (a worker died mid-send):
      * resent to an idempotent plug-in, or skipped as possibly lost. */
     uint64_t resent, unconfirmed;
+    uint64_t in_flight_elsewhere; /* deliveries that waited for another try in flight */
     /* Report entering bb:reports -> provider accepted, for deliveries sent
      * (not collected) from a batch: counts per bucket, the last one +Inf. */
     uint64_t latency[BB_LATENCY_BUCKETS + 1];

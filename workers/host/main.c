@@ -67,6 +67,9 @@ static const struct {
     {"bb_worker_unconfirmed_total",
      "Deliveries whose earlier try was never confirmed, skipped (possibly lost)",
      offsetof(struct bb_stream_stats, unconfirmed)},
+    {"bb_worker_waited_in_flight_total",
+     "Deliveries that waited for another try of theirs still in flight (a report posted twice)",
+     offsetof(struct bb_stream_stats, in_flight_elsewhere)},
 };
 
 static void render_metrics(struct evbuffer *b, void *arg)

@@ -13,9 +13,9 @@
  *   collect  (collecting instances) the notification into the recipient's
  *            collection, its send time into bb:later: done
  *   gate     token bucket, concurrency, circuit breaker (open: park, unsent)
- *   record   SET bb:sent:<inst>:{delivery id} p NX GET PX sent_ttl: "p" while
- *            the delivery is with the plug-in (nil: new, send it; "1": done
- *            before, skip; "p": see below)
+ *   record   SET bb:sent:<inst>:{delivery id} p<now ms> NX GET PX sent_ttl:
+ *            "p..." while the delivery is with the plug-in (nil: new, send
+ *            it; "1": done before, skip; "p...": see below)
  *   send     the plug-in's send(); done() gives the outcome
  *            (at most max_unconfirmed deliveries per instance are between
  *            record and outcome at any time; the others wait their turn)
@@ -25,10 +25,12 @@
  *            bb:later with its record dropped, in one script.
  *
  * Exactly-once effect: a delivery whose record says "1" is never sent
- * again, by this worker or any other. A record still "p" when its batch is
- * read again means a worker died (or stalled past claim_idle) between
- * handing the delivery over and recording the outcome: the provider may or
- * may not have it. A plug-in with BB_CAP_IDEMPOTENCY_KEY gets it again with
+ * again, by this worker or any other. A record "p<ms>" younger than
+ * claim_idle is another try still in flight (the same report id posted
+ * twice): the delivery waits until that try is done or stale. A stale "p"
+ * means a worker died (or stalled past claim_idle) between handing the
+ * delivery over and recording the outcome: the provider may or may not
+ * have it. A plug-in with BB_CAP_IDEMPOTENCY_KEY gets it again with
  * maybe_sent set and makes the resend harmless (the provider deduplicates
  * on the delivery id, or the plug-in checks its sink), so nothing is lost
  * or doubled. Any other plug-in's delivery is skipped with an
@@ -798,15 +800,28 @@ static void on_record(struct bb_conn *c, redisReply *r, void *priv)
         redo_later(d);
         return;
     }
-    if (r->type == REDIS_REPLY_STRING && !(r->len == 1 && r->str[0] == 'p')) {
+    if (r->type == REDIS_REPLY_STRING && (r->len == 0 || r->str[0] != 'p')) {
         release_slot(d);
         receipt(d, BB__OUTCOME__OUTCOME_SKIPPED_DUPLICATE, "already_sent");
         finish(d);
         return;
     }
     if (r->type == REDIS_REPLY_STRING) {
-        /* An earlier try's outcome was never recorded. */
         struct bb_stream *s = d->b->s;
+        /* "p<ms>": another try, recorded at <ms>, has no outcome yet. Younger
+         * than claim_idle it may still be in flight (the same report posted
+         * twice, a batch claimed from a slow worker): ask again when it
+         * would be stale. */
+        char when[24];
+        snprintf(when, sizeof(when), "%.*s", (int)(r->len < 20 ? r->len - 1 : 19), r->str + 1);
+        int64_t age = bb_now_ms() - strtoll(when, NULL, 10);
+        if (age >= 0 && age < s->cfg->claim_idle_ms) {
+            s->stats.in_flight_elsewhere++;
+            release_slot(d);
+            arm_ms(d->timer, s->cfg->claim_idle_ms - age + 100);
+            return;
+        }
+        /* Stale: the worker that tried died before recording the outcome. */
         if (!(d->pl->pl.ch->caps & BB_CAP_IDEMPOTENCY_KEY)) {
             s->stats.unconfirmed++;
             bb_warn("delivery skipped: an earlier try may have reached the provider",
@@ -964,8 +979,8 @@ static void run(struct delivery *d)
             }
             admit(s, d);
         }
-        rc = bb_conn_commandf(s->commands, on_record, d, "SET %s p NX GET PX %lld", d->rec,
-                              (long long)s->cfg->sent_ttl_ms);
+        rc = bb_conn_commandf(s->commands, on_record, d, "SET %s p%lld NX GET PX %lld", d->rec,
+                              (long long)bb_now_ms(), (long long)s->cfg->sent_ttl_ms);
         break;
     case STEP_PARK: {
         char member[224];
