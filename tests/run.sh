@@ -6,6 +6,9 @@
 #   tests/run.sh              build in build/ and run every test
 #   tests/run.sh --sanitize   the same under ASan + UBSan, in build-asan/
 #   tests/run.sh --tsan       ThreadSanitizer build of the concurrent tests, in build-tsan/
+#   tests/run.sh --faults [long] [NAME...]  the fault suite (tests/fault/): real Redis, brokers
+#                             and workers under load and injected faults, checked against a
+#                             delivery ledger; short profile unless "long"
 #   tests/run.sh --fuzz [S]   every libFuzzer target of tests/fuzz/ for S seconds (20), clang
 #                             with ASan + UBSan, in build-fuzz/; the seeds are copied, not grown
 #   tests/run.sh -- ARGS      pass ARGS to ctest (e.g. -R route -V)
@@ -17,14 +20,16 @@ bb_install_deps
 mode=plain
 ctest_args=()
 fuzz_seconds=20
+fault_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --sanitize) mode=asan ;;
     --tsan) mode=tsan ;;
+    --faults) mode=faults; shift; fault_args=("$@"); break ;;
     --fuzz) mode=fuzz
             if [ $# -gt 1 ] && [[ "$2" =~ ^[0-9]+$ ]]; then fuzz_seconds=$2; shift; fi ;;
     --) shift; ctest_args+=("$@"); break ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "tests/run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -71,6 +76,20 @@ run_fuzzers() {
 if [ "$mode" = fuzz ]; then
   run_fuzzers
   exit $?
+fi
+
+# The fault suite runs the plain build's programs; Debian's Python with its redis module.
+if [ "$mode" = faults ]; then
+  bb_install_deps python3-redis
+  cmake -S "$top" -B "$top/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build "$top/build" -j"$(nproc)"
+  profile=short
+  if [ ${#fault_args[@]} -gt 0 ] && [ "${fault_args[0]}" = long ]; then
+    profile=long
+    fault_args=("${fault_args[@]:1}")
+  fi
+  exec /usr/bin/python3 "$top/tests/fault/run.py" --build "$top/build" --profile "$profile" \
+    "${fault_args[@]}"
 fi
 
 case "$mode" in

@@ -17,7 +17,6 @@ locks guard.
 """
 
 import os
-import random
 import re
 import shutil
 import signal
@@ -602,3 +601,35 @@ class Kit:
             print(f"  kept {self.dir}", file=sys.stderr)
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---- scenarios ---------------------------------------------------------------------------------
+
+# seconds of load per scenario, reports per second, the Redis outage, the partition
+PROFILES = {
+    "short": {"load": 12, "rate": 300, "outage": 4, "partition": 30},
+    "long": {"load": 180, "rate": 500, "outage": 20, "partition": 30},
+}
+
+SCENARIOS = {}  # name -> (number, function(kit, profile))
+
+
+def scenario(number, name):
+    """Registers a scenario: a function(kit, profile) that raises Failure."""
+    def register(fn):
+        SCENARIOS[name] = (number, fn)
+        return fn
+    return register
+
+
+def drive(kit, prof, prefix, during=None, rate=None, **poster_kw):
+    """Posts for the profile's load time, calling during(elapsed) about
+    every 100 ms; returns (the report ids posted with when each was
+    acknowledged, the poster)."""
+    p = kit.poster(prefix, rate or prof["rate"], **poster_kw)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < prof["load"]:
+        if during:
+            during(time.monotonic() - t0)
+        time.sleep(0.1)
+    return p.finish(), p

@@ -1,0 +1,113 @@
+"""Fault scenarios: Redis killed, unreachable, full, trimmed.
+
+Threads: the main thread (run.py calls each scenario in turn).
+"""
+
+import time
+
+import faultkit
+from faultkit import Failure, drive, scenario
+
+# ---- 4. Redis killed and restarted -----------------------------------------------------------
+
+@scenario(4, "redis-restart")
+def redis_restart(kit, prof):
+    """Redis (appendonly, appendfsync always) killed with SIGKILL under
+    load and started again after the outage: brokers and workers say not
+    ready while it is down, reconnect with backoff (their CPU while down
+    is measured: no busy loop), and everything acknowledged is delivered."""
+    kit.load_directory()
+    kit.start_broker("b1")
+    kit.start_broker("b2")
+    kit.start_worker("w1")
+    res = {}
+
+    def during(t):
+        if "killed" in res or t < 3.0:
+            return
+        res["killed"] = True
+        kit.redis.kill9()
+        down_t0 = time.monotonic()
+        procs = [kit.brokers["b1"], kit.brokers["b2"], kit.workers["w1"]]
+        cpu0 = [faultkit.cpu_seconds(p.pid) for p in procs]
+        time.sleep(min(2.0, prof["outage"] / 2))
+        ready = {p.name: faultkit.http_status(kit.metrics[p.name], "/readyz") for p in procs}
+        live = {p.name: faultkit.http_status(kit.metrics[p.name], "/healthz") for p in procs}
+        time.sleep(max(0.0, prof["outage"] - (time.monotonic() - down_t0)))
+        cpu = [faultkit.cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0)]
+        down = time.monotonic() - down_t0
+        kit.redis.start()
+        up_t0 = time.monotonic()
+        res.update(ready=ready, live=live, cpu=max(cpu) / down, down=down)
+        # Back in service: every program ready again.
+        while time.monotonic() - up_t0 < 30:
+            if all(faultkit.http_status(kit.metrics[p.name], "/readyz") == 200 for p in procs):
+                break
+            time.sleep(0.1)
+        res["recovery"] = time.monotonic() - up_t0
+
+    posted, poster = drive(kit, prof, "rr", during)
+    kit.figures["outage_s"] = round(res["down"], 1)
+    kit.figures["readyz_while_down"] = res["ready"]
+    kit.figures["max_cpu_while_down"] = f"{100 * res['cpu']:.1f}%"
+    kit.figures["recovery_s"] = round(res["recovery"], 2)
+    kit.figures["posts_refused_while_down"] = poster.failures
+    kit.figures["drain_s"] = round(kit.wait_drained(), 1)
+    if any(v != 503 for v in res["ready"].values()):
+        raise Failure(f"/readyz while Redis was down: {res['ready']}")
+    if any(v != 200 for v in res["live"].values()):
+        raise Failure(f"/healthz while Redis was down: {res['live']}")
+    if res["cpu"] > 0.2:
+        raise Failure(f"a process used {100 * res['cpu']:.0f}% CPU while Redis was down")
+    kit.check_ledger(posted)
+
+
+
+# ---- 5. Redis unreachable without a clean close -----------------------------------------------
+
+@scenario(5, "redis-partition")
+def redis_partition(kit, prof):
+    """Every program reaches Redis through a relay that stops forwarding
+    for 30 s without closing anything (a link dropping traffic): each must
+    notice within 20 s (/readyz says 503), then recover."""
+    kit.load_directory()
+    hole = faultkit.Blackhole(kit.redis.port)
+    kit.redis_addr = f"127.0.0.1:{hole.port}"
+    kit.start_broker("b1")
+    kit.start_worker("w1")
+    procs = [kit.brokers["b1"], kit.workers["w1"]]
+    res = {}
+
+    def during(t):
+        if "done" in res or t < 2.0:
+            return
+        res["done"] = True
+        hole.dropping.set()
+        t0 = time.monotonic()
+        detected = {}
+        while time.monotonic() - t0 < prof["partition"]:
+            for p in procs:
+                if p.name not in detected and \
+                        faultkit.http_status(kit.metrics[p.name], "/readyz") == 503:
+                    detected[p.name] = time.monotonic() - t0
+            time.sleep(0.2)
+        hole.dropping.clear()
+        t1 = time.monotonic()
+        while time.monotonic() - t1 < 60:
+            if all(faultkit.http_status(kit.metrics[p.name], "/readyz") == 200 for p in procs):
+                break
+            time.sleep(0.1)
+        res.update(detected=detected, recovery=time.monotonic() - t1)
+
+    # The poster talks to Redis directly: reports keep arriving meanwhile.
+    posted, _ = drive(kit, prof, "rp", during)
+    kit.figures["partition_s"] = prof["partition"]
+    kit.figures["detected_s"] = {k: round(v, 1) for k, v in res["detected"].items()}
+    kit.figures["recovery_s"] = round(res["recovery"], 2)
+    kit.figures["drain_s"] = round(kit.wait_drained(), 1)
+    for p in procs:
+        if res["detected"].get(p.name, 99) > 20:
+            raise Failure(f"{p.name} did not notice the partition within 20 s")
+    kit.check_ledger(posted)
+
+
