@@ -68,6 +68,7 @@ struct bb_consumer {
     const struct bb_broker_config *cfg;
     struct bb_dispatch *dispatch;
     struct bb_conn *reader, *commands, *directory;
+    struct bb_retention *retention;
     char name[128];
     char sha[48];
     bool cmd_ready; /* script loaded and groups exist */
@@ -822,6 +823,10 @@ struct bb_consumer *bb_consumer_new(struct event_base *base, struct bb_dir *dir,
     if (!c->commands || !c->reader || !c->directory) {
         goto fail;
     }
+    c->retention = bb_retention_new(base, c->commands, cfg);
+    if (!c->retention && cfg->trim_interval_ms > 0) {
+        goto fail;
+    }
     return c;
 
 fail:
@@ -850,6 +855,7 @@ void bb_consumer_free(struct bb_consumer *c)
     bb_conn_free(c->reader);
     bb_conn_free(c->directory);
     bb_conn_free(c->commands);
+    bb_retention_free(c->retention);
     while (c->retry_head) {
         struct bb_job *j = c->retry_head;
         c->retry_head = j->next;

@@ -45,6 +45,7 @@ struct bb_broker_config {
     int64_t out_high_watermark;
     int64_t out_low_watermark;
     int64_t backpressure_check_ms;
+    int64_t trim_interval_ms; /* stream retention (retention.c); 0: never trim */
     int64_t shutdown_grace_ms;
     char *metrics_addr;
     char *log_level;
@@ -102,7 +103,8 @@ void bb_job_free(struct bb_job *job);
 struct bb_metrics {
     _Atomic uint64_t reports_in, status_in, reports_routed, dead_letters, commits, commit_retries,
         commits_skipped, deliveries, batches, recipients, decisions, directory_events,
-        directory_errors, claimed, route_ns, bytes_out, raw_bytes, zstd_bytes;
+        directory_errors, claimed, trimmed, trimmed_unread, route_ns, bytes_out, raw_bytes,
+        zstd_bytes;
     _Atomic uint64_t deliveries_by_channel[BB_CHANNELS];
     _Atomic uint64_t latency_le[BB_LAT_BUCKETS]; /* report entry -> committed, cumulative ms */
     _Atomic uint64_t latency_count, latency_sum_us;
@@ -124,6 +126,15 @@ struct bb_consumer *bb_consumer_new(struct event_base *base, struct bb_dir *dir,
                                     const struct bb_broker_config *cfg,
                                     const char *directory_last_id);
 void bb_consumer_free(struct bb_consumer *c);
+
+/* ---- retention.c: trimming what every group has read and acked -------------------------- */
+
+struct bb_retention;
+/* NULL when trim_interval is 0 (or out of memory). Free it after the
+ * commands connection (whose pending callbacks still reach it). */
+struct bb_retention *bb_retention_new(struct event_base *base, struct bb_conn *commands,
+                                      const struct bb_broker_config *cfg);
+void bb_retention_free(struct bb_retention *r);
 /* Starts draining: no more reads; calls event_base_loopexit when everything
  * in flight is committed or the grace period is over. */
 void bb_consumer_shutdown(struct bb_consumer *c);

@@ -76,6 +76,12 @@ static void render(struct evbuffer *b, void *arg)
     bb_prom_counter(b, "bb_redis_reconnects_total", "Redis connections lost",
                     (unsigned long long)atomic_load(&bb_conn_reconnects));
     bb_prom_counter(b, "bb_claimed_total", "Entries claimed from idle consumers", LOAD(claimed));
+    bb_prom_counter(b, "bb_trimmed_total",
+                    "Entries trimmed from streams after every consumer group acked them",
+                    LOAD(trimmed));
+    bb_prom_counter(b, "bb_trimmed_unread_total",
+                    "Times unread entries were found removed from a stream (alerts)",
+                    LOAD(trimmed_unread));
     bb_prom_gauge(b, "bb_inflight", "Entries read and not yet committed",
                   (long long)LOAD(inflight));
     bb_prom_gauge(b, "bb_output_backlog_max", "Longest output stream",

@@ -59,6 +59,9 @@ const struct bb_opt bb_broker_opts[] = {
         "resume input when every output stream is down to this"),
     OPT("backpressure_check", BB_OPT_DURATION_MS, backpressure_check_ms, "200ms", 10, 60000,
         "how often to measure output streams"),
+    OPT("trim_interval", BB_OPT_DURATION_MS, trim_interval_ms, "2s", 0, 3600000,
+        "how often to trim from bb:reports and bb:out:* what every consumer group has read "
+        "and acked (0: never; the streams then grow until trimmed by hand)"),
     OPT("shutdown_grace", BB_OPT_DURATION_MS, shutdown_grace_ms, "10s", 0, 600000,
         "on SIGTERM, how long to finish work in flight"),
     OPT("metrics_addr", BB_OPT_STRING, metrics_addr, "127.0.0.1:9464", 0, 0,

@@ -3,6 +3,7 @@
 Threads: the main thread (run.py calls each scenario in turn).
 """
 
+import signal
 import time
 
 import faultkit
@@ -111,3 +112,106 @@ def redis_partition(kit, prof):
     kit.check_ledger(posted)
 
 
+
+
+# ---- 6. Redis out of memory ----------------------------------------------------------------------
+
+@scenario(6, "redis-oom")
+def redis_oom(kit, prof):
+    """maxmemory is set just above what Redis holds, so that within seconds
+    every write is refused with OOM (the brokers' commits, the workers'
+    records and receipts, the app's posts). Nothing may be acked without
+    its outputs; after the outage maxmemory is raised and all recovers."""
+    kit.load_directory()
+    kit.start_broker("b1", extra="trim_interval 0\n")  # nothing frees memory by itself
+    kit.start_worker("w1")
+    res = {}
+
+    def during(t):
+        if "done" in res or t < 2.0:
+            return
+        res["done"] = True
+        used = int(kit.r.info("memory")["used_memory"])
+        kit.r.config_set("maxmemory", used + 1024 * 1024)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 20 and "oom_at" not in res:
+            try:
+                kit.r.set("bb:fault:probe", "x")
+            except Exception as e:  # noqa: BLE001 (the OOM error is the signal)
+                if "OOM" in str(e):
+                    res["oom_at"] = time.monotonic() - t0
+            time.sleep(0.05)
+        time.sleep(prof["outage"])
+        res["refusals"] = kit.log_text("b1").count("OOM") + kit.log_text("w1").count("OOM")
+        kit.r.config_set("maxmemory", 0)
+        res["oom_s"] = time.monotonic() - t0 - res.get("oom_at", 0)
+
+    posted, poster = drive(kit, prof, "om", during)
+    if "oom_at" not in res:
+        raise Failure("Redis never reached maxmemory")
+    kit.figures["oom_s"] = round(res["oom_s"], 1)
+    kit.figures["oom_lines_logged"] = res["refusals"]
+    kit.figures["posts_refused"] = poster.failures
+    kit.figures["drain_s"] = round(kit.wait_drained(), 1)
+    if res["refusals"] == 0:
+        raise Failure("neither broker nor worker met an OOM refusal")
+    kit.check_ledger(posted)
+
+
+# ---- 7. trimming --------------------------------------------------------------------------------
+
+@scenario(7, "trimming")
+def trimming(kit, prof):
+    """The brokers' retention trims every 500 ms what all groups have read
+    and acked. A worker stopped (SIGSTOP) for 5 s lags behind it: it must
+    lose nothing, and the streams must end up short. Then the worker is
+    stopped again and bb:out:push is trimmed by hand under it (XTRIM
+    MAXLEN 0): an alert and dead letters must follow, not silence."""
+    kit.load_directory()
+    kit.start_broker("b1", extra="trim_interval 500ms\n")
+    kit.start_worker("w1")
+    state = {}
+
+    def during(t):
+        if "paused" not in state and t >= 2.0:
+            state["paused"] = True
+            kit.workers["w1"].send(signal.SIGSTOP)
+            time.sleep(5.0)
+            kit.workers["w1"].send(signal.SIGCONT)
+
+    posted, _ = drive(kit, prof, "tr", during)
+    kit.figures["drain_s"] = round(kit.wait_drained(), 1)
+    time.sleep(1.5)  # a few retention rounds
+    lengths = {s: kit.r.xlen(s) for s in ("bb:reports", "bb:out:push", "bb:out:email")}
+    kit.figures["stream_lengths_after"] = lengths
+    kit.check_ledger(posted, outputs_per_channel=-1)
+    if max(lengths.values()) > 500:
+        raise Failure(f"streams not trimmed after the drain: {lengths}")
+    if kit.dead():
+        raise Failure(f"dead letters from a safe trim: {kit.dead()}")
+
+    # Outside buurtbus: the stream trimmed under a stopped worker.
+    kit.workers["w1"].send(signal.SIGSTOP)
+    p = kit.poster("tx", prof["rate"])
+    time.sleep(3.0)
+    extra = p.finish()
+    kit.r.xtrim("bb:out:push", maxlen=0, approximate=False)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 10 and "entries_trimmed_unread" not in kit.dead():
+        time.sleep(0.1)
+    kit.figures["alert_after_s"] = round(time.monotonic() - t0, 2)
+    kit.workers["w1"].send(signal.SIGCONT)
+    kit.wait_drained(instances=("email",))
+    time.sleep(1.0)
+    dead = kit.dead()
+    kit.figures["dead_letters"] = dead
+    lost = kit.ledger(extra, instances=("push",))["lost"]
+    kit.figures["push_lost_to_the_hand_trim"] = lost
+    if "entries_trimmed_unread" not in dead:
+        raise Failure("unread entries trimmed by hand and no alert")
+    for _, f in kit.r.xrange("bb:dead"):
+        if f[b"reason"] == b"entries_trimmed_unread":
+            kit.figures["alert_says_lost_at_least"] = int(f[b"lost"])
+    email = kit.ledger(list(posted) + list(extra), instances=("email",))
+    if email["lost"] or email["duplicated"]:
+        raise Failure(f"email ledger after the hand trim of push: {email}")
