@@ -96,7 +96,7 @@ static atomic_bool stop_reader, stop_tail, stop_churn;
 static redisContext *connect_or_die(const char *addr)
 {
     char err[256];
-    redisContext *c = bb_redis_connect(addr, NULL, 30000, err, sizeof(err));
+    redisContext *c = bb_redis_connect(addr, NULL, NULL, 30000, err, sizeof(err));
     if (!c) {
         fprintf(stderr, "bench_broker: %s\n", err);
         exit(1);

@@ -63,7 +63,7 @@ static const struct opts *opt;
 static redisContext *connect_or_die(const char *addr)
 {
     char err[256];
-    redisContext *c = bb_redis_connect(addr, NULL, 60000, err, sizeof(err));
+    redisContext *c = bb_redis_connect(addr, NULL, NULL, 60000, err, sizeof(err));
     if (!c) {
         fprintf(stderr, "peer_redis: %s\n", err);
         exit(1);

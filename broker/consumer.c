@@ -799,6 +799,7 @@ struct bb_consumer *bb_consumer_new(struct event_base *base, struct bb_dir *dir,
 
     struct bb_conn_opts o = {
         .addr = cfg->redis,
+        .user = cfg->redis_user,
         .password = cfg->redis_password,
         .connect_timeout_ms = cfg->connect_timeout_ms,
         .command_timeout_ms = cfg->command_timeout_ms,

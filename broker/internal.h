@@ -19,6 +19,7 @@ struct bb_zdict;
 
 struct bb_broker_config {
     char *redis;          /* "127.0.0.1:6379" or a unix socket path */
+    char *redis_user;     /* ACL user for AUTH; "" = the default user */
     char *redis_password; /* from redis_password_file */
     char *name;           /* consumer name; "" = hostname-pid */
     char *group;          /* consumer group of the input streams */

@@ -65,6 +65,9 @@ static int check(struct bb_broker_config *cfg, char *err, size_t errlen)
         return BB_ECONFIG;
     }
     int rc = bb_conn_check_settings(cfg->redis, cfg->group, err, errlen);
+    if (rc == BB_OK) {
+        rc = bb_conn_check_auth(cfg->redis_user, cfg->redis_password, err, errlen);
+    }
     if (rc != BB_OK) {
         return rc;
     }
@@ -78,7 +81,7 @@ static int load_directory(const struct bb_broker_config *cfg, struct bb_dir *dir
     int64_t backoff = cfg->reconnect_min_ms;
     while (!stop_requested) {
         char err[256] = "";
-        redisContext *rc = bb_redis_connect(cfg->redis, cfg->redis_password,
+        redisContext *rc = bb_redis_connect(cfg->redis, cfg->redis_user, cfg->redis_password,
                                             (int)cfg->command_timeout_ms * 10, err, sizeof(err));
         if (rc) {
             struct bb_snapshot_stats st;

@@ -13,6 +13,8 @@
 const struct bb_opt bb_broker_opts[] = {
     OPT("redis", BB_OPT_STRING, redis, "127.0.0.1:6379", 0, 0,
         "Redis address: IP:port (an IP literal: name lookups would block) or a unix socket path"),
+    OPT("redis_user", BB_OPT_STRING, redis_user, "", 0, 0,
+        "Redis ACL user sent with AUTH (deploy/redis/); empty: the default user"),
     OPT("redis_password_file", BB_OPT_SECRET_FILE, redis_password, NULL, 0, 0,
         "file holding the Redis password (AUTH); empty: no AUTH"),
     OPT("name", BB_OPT_STRING, name, "", 0, 0,

@@ -71,8 +71,8 @@ static double now_s(void)
 
 /* ---- connection -------------------------------------------------------------------------- */
 
-redisContext *bb_redis_connect(const char *addr, const char *password, int timeout_ms, char *err,
-                               size_t errlen)
+redisContext *bb_redis_connect(const char *addr, const char *user, const char *password,
+                               int timeout_ms, char *err, size_t errlen)
 {
     struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
     char host[256];
@@ -134,7 +134,8 @@ redisContext *bb_redis_connect(const char *addr, const char *password, int timeo
         goto free_context;
     }
     if (password && *password) {
-        rep = redisCommand(c, "AUTH %s", password);
+        rep = user && *user ? redisCommand(c, "AUTH %s %s", user, password)
+                            : redisCommand(c, "AUTH %s", password);
         if (!rep) {
             fail(err, errlen, 0, "redis %s: AUTH: %s", addr, c->errstr);
             goto free_context;

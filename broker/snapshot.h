@@ -26,11 +26,12 @@ struct Bb__DirectoryEvent;
 
 /* Connects to addr: "host:port", "host" (port 6379), "[v6addr]:port", or a
  * unix socket path (anything with a '/'). timeout_ms bounds the connect and
- * then every command (0: no command timeout). password (may be NULL or "")
- * is sent with AUTH. Returns a context the caller frees with redisFree, or
- * NULL with the reason in err. */
-redisContext *bb_redis_connect(const char *addr, const char *password, int timeout_ms, char *err,
-                               size_t errlen);
+ * then every command (0: no command timeout). password (may be NULL or "":
+ * no AUTH) is sent with AUTH, as the ACL user `user` when that is neither
+ * NULL nor "" (else as the default user). Returns a context the caller
+ * frees with redisFree, or NULL with the reason in err (never the password). */
+redisContext *bb_redis_connect(const char *addr, const char *user, const char *password,
+                               int timeout_ms, char *err, size_t errlen);
 
 /* ---- writer: events into keys and bb:directory ------------------------------------------- */
 

@@ -21,7 +21,7 @@ enum conn_state { CS_IDLE, CS_CONNECTING, CS_AUTH, CS_READY, CS_WAIT };
 struct bb_conn {
     struct event_base *base;
     struct bb_conn_opts o;
-    char *addr, *password, *name;
+    char *addr, *user, *password, *name;
     redisAsyncContext *ac;
     enum conn_state state;
     struct event *timer; /* connect deadline, reconnect backoff, command watchdog */
@@ -31,7 +31,13 @@ struct bb_conn {
     int64_t ready_ms;    /* when it last became ready */
     unsigned outstanding;
     uint64_t gen; /* bumps on every (re)connect; stale callbacks are ignored */
+    /* While unreachable: since when, failed attempts, the last warning
+     * (one at the loss, then one a minute; the attempts between at debug). */
+    int64_t down_ms, warned_ms;
+    unsigned attempts;
 };
+
+#define STILL_DOWN_WARN_MS 60000
 
 _Atomic uint64_t bb_conn_reconnects;
 
@@ -87,8 +93,19 @@ static void conn_drop(struct bb_conn *c, const char *why)
     c->outstanding = 0;
     int64_t jitter = c->backoff_ms / 2 ? rand() % (c->backoff_ms / 2 + 1) : 0;
     int64_t wait = c->backoff_ms / 2 + jitter;
-    bb_warn("redis connection lost", "conn=%s addr=%s reason=\"%s\" retry_ms=%lld", c->name,
-            c->addr, why, (long long)wait);
+    int64_t now = bb_mono_ms();
+    if (c->attempts++ == 0) {
+        c->down_ms = c->warned_ms = now;
+        bb_warn("redis connection lost", "conn=%s addr=%s reason=\"%s\" retry_ms=%lld", c->name,
+                c->addr, why, (long long)wait);
+    } else if (now - c->warned_ms >= STILL_DOWN_WARN_MS) {
+        c->warned_ms = now;
+        bb_warn("redis still unreachable", "conn=%s addr=%s reason=\"%s\" attempts=%u down_s=%lld",
+                c->name, c->addr, why, c->attempts, (long long)((now - c->down_ms) / 1000));
+    } else {
+        bb_debug("redis reconnect failed", "conn=%s addr=%s reason=\"%s\" retry_ms=%lld", c->name,
+                 c->addr, why, (long long)wait);
+    }
     c->backoff_ms =
         c->backoff_ms * 2 > c->o.reconnect_max_ms ? c->o.reconnect_max_ms : c->backoff_ms * 2;
     atomic_fetch_add(&bb_conn_reconnects, 1);
@@ -129,7 +146,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
         return; /* we dropped it ourselves */
     }
     c->ac = NULL; /* hiredis frees the context after this callback */
-    c->state = CS_WAIT;
+    /* (the state stays: conn_drop tells on_down if it was ready) */
     conn_drop(c, status == REDIS_OK ? "closed" : (ac->errstr[0] ? ac->errstr : "error"));
 }
 
@@ -141,7 +158,15 @@ static void became_ready(struct bb_conn *c)
      * missing rights) must not be hammered at the shortest interval. */
     c->progress_ms = c->ready_ms = bb_mono_ms();
     evtimer_del(c->timer);
-    bb_info("redis connected", "conn=%s addr=%s", c->name, c->addr);
+    if (c->attempts) {
+        bb_info("redis connected", "conn=%s addr=%s user=%s attempts=%u down_ms=%lld", c->name,
+                c->addr, c->user ? c->user : "default", c->attempts,
+                (long long)(c->ready_ms - c->down_ms));
+    } else {
+        bb_info("redis connected", "conn=%s addr=%s user=%s", c->name, c->addr,
+                c->user ? c->user : "default");
+    }
+    c->attempts = 0;
     if (c->o.on_ready) {
         c->o.on_ready(c, c->o.arg);
     }
@@ -155,7 +180,10 @@ static void on_auth(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     if (!reply || reply->type == REDIS_REPLY_ERROR) {
-        bb_error("redis auth failed", "conn=%s addr=%s", c->name, c->addr);
+        /* The server's reply ("WRONGPASS ...", "NOPERM ...") never holds
+         * the password; the user name is not a secret. */
+        bb_error("redis auth failed", "conn=%s addr=%s user=%s err=\"%s\"", c->name, c->addr,
+                 c->user ? c->user : "default", reply ? reply->str : "no reply");
         conn_drop(c, "auth failed");
         return;
     }
@@ -176,7 +204,11 @@ static void on_connect(const redisAsyncContext *ac, int status)
     }
     if (c->password && *c->password) {
         c->state = CS_AUTH;
-        redisAsyncCommand(c->ac, on_auth, NULL, "AUTH %s", c->password);
+        if (c->user) {
+            redisAsyncCommand(c->ac, on_auth, NULL, "AUTH %s %s", c->user, c->password);
+        } else {
+            redisAsyncCommand(c->ac, on_auth, NULL, "AUTH %s", c->password);
+        }
         return;
     }
     became_ready(c);
@@ -233,11 +265,13 @@ struct bb_conn *bb_conn_new(struct event_base *base, const struct bb_conn_opts *
     c->base = base;
     c->o = *o;
     c->addr = strdup(o->addr);
+    c->user = o->user && *o->user ? strdup(o->user) : NULL;
     c->password = o->password ? strdup(o->password) : NULL;
     c->name = strdup(o->name);
     c->timer = evtimer_new(base, on_timer, c);
     c->watchdog = event_new(base, -1, EV_PERSIST, on_watchdog, c);
-    if (!c->addr || !c->name || !c->timer || !c->watchdog || (o->password && !c->password)) {
+    if (!c->addr || !c->name || !c->timer || !c->watchdog || (o->password && !c->password) ||
+        (o->user && *o->user && !c->user)) {
         bb_conn_free(c);
         return NULL;
     }
@@ -263,6 +297,7 @@ void bb_conn_free(struct bb_conn *c)
         event_free(c->watchdog);
     }
     free(c->addr);
+    free(c->user);
     free(c->password);
     free(c->name);
     free(c);
@@ -350,6 +385,25 @@ void bb_conn_reset(struct bb_conn *c, const char *why)
     if (c->state == CS_READY || c->state == CS_CONNECTING || c->state == CS_AUTH) {
         conn_drop(c, why);
     }
+}
+
+int bb_conn_check_auth(const char *user, const char *password, char *err, size_t errlen)
+{
+    if (!user || !*user) {
+        return BB_OK;
+    }
+    for (const char *p = user; *p; p++) {
+        if ((unsigned char)*p <= ' ' || *p == 0x7f) {
+            snprintf(err, errlen, "redis_user: no spaces or control characters in a user name");
+            return BB_ECONFIG;
+        }
+    }
+    if (!password || !*password) {
+        snprintf(err, errlen, "redis_user %s needs redis_password_file (an ACL user's password)",
+                 user);
+        return BB_ECONFIG;
+    }
+    return BB_OK;
 }
 
 int bb_conn_check_settings(const char *addr, const char *group, char *err, size_t errlen)

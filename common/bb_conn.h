@@ -23,7 +23,8 @@ typedef void bb_reply_fn(struct bb_conn *c, struct redisReply *reply, void *priv
 struct bb_conn_opts {
     const char *name; /* for logs: "reader", "commands", "directory" */
     const char *addr;
-    const char *password;
+    const char *user;     /* ACL user; NULL or "": the default user (AUTH <password>) */
+    const char *password; /* NULL or "": no AUTH */
     int64_t connect_timeout_ms, command_timeout_ms, reconnect_min_ms, reconnect_max_ms;
     int keepalive_s;
     bb_conn_ready_fn *on_ready; /* after connect + AUTH; also after every reconnect */
@@ -46,6 +47,10 @@ void bb_conn_reset(struct bb_conn *c, const char *why);
 /* The checks and defaults both daemons apply to their Redis settings.
  * Returns 0, or BB_ECONFIG with the message in err. */
 int bb_conn_check_settings(const char *addr, const char *group, char *err, size_t errlen);
+/* The AUTH settings: a user name (may be NULL or "") needs a password, and
+ * holds no white space or control character (AUTH would split it).
+ * Returns 0, or BB_ECONFIG with the message in err (never the password). */
+int bb_conn_check_auth(const char *user, const char *password, char *err, size_t errlen);
 /* If *name is empty, replaces it (heap string) with "<hostname>-<pid>".
  * Returns 0 or BB_ENOMEM. */
 int bb_consumer_name_default(char **name);

@@ -27,6 +27,7 @@ enum { CTL_OK = 0, CTL_ERR = 1, CTL_USAGE = 2 };
 
 struct ctl {
     const char *redis;         /* --redis, borrowed from argv */
+    const char *redis_user;    /* --redis-user: ACL user for AUTH; NULL: the default user */
     const char *password_file; /* --password-file */
     int timeout_ms;
     bool json;
@@ -44,6 +45,7 @@ struct ctl_cmd {
 /* clang-format off */
 #define CTL_COMMON_OPTS                                                                            \
     {"redis", required_argument, NULL, 'R'},                                                       \
+    {"redis-user", required_argument, NULL, 'U'},                                                  \
     {"password-file", required_argument, NULL, 'P'},                                               \
     {"json", no_argument, NULL, 'J'},                                                              \
     {"timeout", required_argument, NULL, 'T'},                                                     \
@@ -53,6 +55,7 @@ struct ctl_cmd {
 #define CTL_COMMON_HELP                                                                            \
     "Options for every command:\n"                                                                 \
     "  --redis HOST:PORT|PATH  Redis to use (default " CTL_DEFAULT_REDIS ")\n"                     \
+    "  --redis-user NAME       Redis ACL user to AUTH as (default: the default user)\n"            \
     "  --password-file FILE    first line is the Redis password (AUTH)\n"                          \
     "  --timeout MS            connect and command timeout (default 30000)\n"                      \
     "  --json                  machine-readable output, where the command has it\n"                \
@@ -97,5 +100,6 @@ int cmd_dead(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
 int cmd_dict(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
 int cmd_outputs(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
 int cmd_snapshot(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
+int cmd_erase(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
 
 #endif

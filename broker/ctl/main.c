@@ -115,6 +115,21 @@ static const struct ctl_cmd commands[] = {
      "Loads the directory as a starting broker does and prints the counts,\n"
      "the records it skipped and the bb:directory id it starts after.\n",
      cmd_snapshot},
+    {"erase-user", "erase people everywhere buurtbus keeps them (GDPR)",
+     "Usage: buurtbusctl erase-user [--settle DURATION] [--json] ID...\n"
+     "\n"
+     "Erases each person: the user_erase directory change (as a loaded\n"
+     "{\"erase_user\":ID} line: keys, memberships, follows, the bb:directory\n"
+     "event brokers drop them on), then what workers keep of them, found in\n"
+     "Redis: bb:inbox:ID, collections bb:collect:*:uID and their jobs, parked\n"
+     "retries in bb:later:*, bb:sent:* records, receipts in bb:receipts, and\n"
+     "dead letters in bb:dead of their deliveries. After the settle time the\n"
+     "sweep runs again for what deliveries in flight wrote meanwhile. Prints\n"
+     "what was removed, per person. Dead letters of whole batches stay (see\n"
+     "docs/contracts.md, Erasure).\n"
+     "\n"
+     "  --settle DURATION  wait before the second sweep (default 30s; 0: none)\n",
+     cmd_erase},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -170,6 +185,9 @@ int ctl_common_opt(struct ctl *ctl, const struct ctl_cmd *cmd, int opt, const ch
     case 'R':
         ctl->redis = arg;
         return -1;
+    case 'U':
+        ctl->redis_user = arg;
+        return -1;
     case 'P':
         ctl->password_file = arg;
         return -1;
@@ -223,10 +241,14 @@ int ctl_connect(struct ctl *ctl)
     if (ctl->c) {
         return CTL_OK;
     }
+    if (ctl->redis_user && !ctl->password_file) {
+        return ctl_error("--redis-user %s needs --password-file", ctl->redis_user);
+    }
     if (ctl->password_file && read_password(ctl->password_file, &password) != CTL_OK) {
         return CTL_ERR;
     }
-    ctl->c = bb_redis_connect(ctl->redis, password, ctl->timeout_ms, err, sizeof(err));
+    ctl->c =
+        bb_redis_connect(ctl->redis, ctl->redis_user, password, ctl->timeout_ms, err, sizeof(err));
     if (password) {
         memset(password, 0, strlen(password));
         free(password);

@@ -38,6 +38,14 @@ struct bb_redis_server {
  * server (owned by the harness) or NULL after printing why. */
 const struct bb_redis_server *bb_harness_redis_start(void);
 
+/* As bb_harness_redis_start, with the config file conf (NULL: none) read
+ * first and the NULL-terminated extra arguments (NULL: none; at most 32,
+ * e.g. "--aclfile", path) after the harness' own, so they override them.
+ * Both are borrowed until the server has started. A server that answers
+ * PING with NOAUTH (default user off) counts as started. */
+const struct bb_redis_server *bb_harness_redis_start_ex(const char *conf,
+                                                        const char *const extra[]);
+
 /* A new synchronous connection to the server (caller frees with
  * redisFree); NULL after printing why. */
 redisContext *bb_harness_redis_connect(const struct bb_redis_server *s);

@@ -905,26 +905,33 @@ static void snap_convergence(void **state)
 static void snap_connect(void **state)
 {
     char err[256];
-    redisContext *c = bb_redis_connect(srv->addr, NULL, 2000, err, sizeof(err));
+    redisContext *c = bb_redis_connect(srv->addr, NULL, NULL, 2000, err, sizeof(err));
     assert_non_null(c);
     redisFree(c);
-    c = bb_redis_connect(srv->sock, "", 2000, err, sizeof(err));
+    c = bb_redis_connect(srv->sock, NULL, "", 2000, err, sizeof(err));
     assert_non_null(c);
     redisReply *r = redisCommand(c, "PING");
     assert_non_null(r);
     freeReplyObject(r);
     redisFree(c);
 
-    assert_null(bb_redis_connect("127.0.0.1:99999", NULL, 2000, err, sizeof(err)));
+    assert_null(bb_redis_connect("127.0.0.1:99999", NULL, NULL, 2000, err, sizeof(err)));
     assert_non_null(strstr(err, "port must be 1..65535"));
-    assert_null(bb_redis_connect("", NULL, 2000, err, sizeof(err)));
-    assert_null(bb_redis_connect("/nonexistent/redis.sock", NULL, 2000, err, sizeof(err)));
+    assert_null(bb_redis_connect("", NULL, NULL, 2000, err, sizeof(err)));
+    assert_null(bb_redis_connect("/nonexistent/redis.sock", NULL, NULL, 2000, err, sizeof(err)));
     assert_non_null(strstr(err, "/nonexistent/redis.sock"));
 
     r_ok("CONFIG SET requirepass s3cret");
-    assert_null(bb_redis_connect(srv->addr, "wrong", 2000, err, sizeof(err)));
+    assert_null(bb_redis_connect(srv->addr, NULL, "wrong", 2000, err, sizeof(err)));
     assert_non_null(strstr(err, "AUTH refused"));
-    c = bb_redis_connect(srv->addr, "s3cret", 2000, err, sizeof(err));
+    /* A named ACL user: AUTH <user> <password>. */
+    assert_null(bb_redis_connect(srv->addr, "nobody", "s3cret", 2000, err, sizeof(err)));
+    assert_non_null(strstr(err, "AUTH refused"));
+    assert_null(strstr(err, "s3cret"));
+    c = bb_redis_connect(srv->addr, "default", "s3cret", 2000, err, sizeof(err));
+    assert_non_null(c);
+    redisFree(c);
+    c = bb_redis_connect(srv->addr, NULL, "s3cret", 2000, err, sizeof(err));
     assert_non_null(c);
     r = redisCommand(c, "CONFIG SET requirepass %s", "");
     assert_non_null(r);

@@ -35,7 +35,7 @@ struct bb_chan_opts {
     char *collect; /* "": send at once; "user": collect per recipient, send at the user's
                       digest hour; a duration: collect, send every interval */
     int64_t collect_max;
-    int64_t rate;  /* sends started per second; 0: no limit */
+    int64_t rate; /* sends started per second; 0: no limit */
     int64_t burst;
     int64_t concurrency; /* sends in flight; 0: max_unconfirmed */
     int64_t breaker_failures;
@@ -45,11 +45,11 @@ struct bb_chan_opts {
 struct bb_chan_conf {
     char *instance;
     struct bb_chan_opts o;
-    char *plugin;          /* = o.plugin */
-    char *stream;          /* = o.stream, filled in */
-    char *group;           /* = o.group, filled in */
-    int64_t collect_ms;    /* collect: -1 off, 0 per user, else the interval */
-    char **plugins;        /* o.plugin split */
+    char *plugin;       /* = o.plugin */
+    char *stream;       /* = o.stream, filled in */
+    char *group;        /* = o.group, filled in */
+    int64_t collect_ms; /* collect: -1 off, 0 per user, else the interval */
+    char **plugins;     /* o.plugin split */
     size_t nplugins;
     struct bb_chan_kv *kv; /* the plug-ins' own options */
     size_t nkv;
@@ -57,6 +57,7 @@ struct bb_chan_conf {
 
 struct bb_worker_config {
     char *redis;
+    char *redis_user; /* ACL user for AUTH; "" = the default user */
     char *redis_password;
     char *name;
     char *group;
@@ -114,16 +115,16 @@ struct bb_chan_plugin {
  * plug-in, else its name (only "<prefix>.<option>" keys are its own).
  * Returns NULL with a message in err. */
 struct bb_channel_config *bb_plugin_config_new(const struct bb_channel *ch,
-                                               const struct bb_chan_conf *conf,
-                                               const char *prefix, char *err, size_t errlen);
+                                               const struct bb_chan_conf *conf, const char *prefix,
+                                               char *err, size_t errlen);
 void bb_plugin_config_free(struct bb_channel_config *cfg);
 
 /* ---- hostapi.c --------------------------------------------------------------------------- */
 
 /* The services plug-ins get: allocator, log, HTTP and libcurl on the
  * loop (curl multi-socket), Redis on the host's command connection. */
-struct bb_host *bb_host_new(struct event_base *base, struct bb_conn *commands,
-                            long http_timeout_ms, long max_host_connections);
+struct bb_host *bb_host_new(struct event_base *base, struct bb_conn *commands, long http_timeout_ms,
+                            long max_host_connections);
 void bb_host_free(struct bb_host *h);
 /* Drops every transfer still running without calling its done (before the
  * plug-ins are destroyed: their easy handles leave the multi handle first). */
@@ -139,10 +140,10 @@ struct redisReply;
 
 /* A job taken (leased) from bb:later:<inst>; everything borrowed for the call. */
 struct bb_later_job {
-    const char *member;              /* "r:<delivery id>" or "c:<u|g><id>" */
-    const char *blob;                /* PendingDelivery, bloblen 0 when missing */
+    const char *member; /* "r:<delivery id>" or "c:<u|g><id>" */
+    const char *blob;   /* PendingDelivery, bloblen 0 when missing */
     size_t bloblen;
-    const struct redisReply *items;  /* collections: field, value, ... (may be empty) */
+    const struct redisReply *items; /* collections: field, value, ... (may be empty) */
 };
 typedef void bb_later_job_fn(void *arg, const struct bb_later_job *job);
 /* How many more jobs the caller can take now. */
@@ -156,6 +157,10 @@ struct bb_later *bb_later_new(struct event_base *base, struct bb_conn *commands,
                               bb_later_job_fn *on_job, bb_later_room_fn *room, void *arg);
 void bb_later_stop(struct bb_later *l);
 void bb_later_free(struct bb_later *l);
+/* The result of bb_later_park and bb_later_collect when the recipient is a
+ * user whose bb:user:<id> is gone (erased): nothing was written (a refused
+ * park still drops the job and the record). Treat it as an unknown user. */
+#define BB_LATER_USER_GONE 2
 /* Stores member's job, due at due_ms, and deletes record_key (the delivery's
  * bb:sent record, so that the next try may send), in one step. */
 int bb_later_park(struct bb_later *l, const char *member, int64_t due_ms, const void *blob,
@@ -166,12 +171,12 @@ int bb_later_finish(struct bb_later *l, const char *member, bb_later_done_fn *do
  * the collection at due_ms with blob unless it is already scheduled or
  * being sent. result 0: the collection holds max items already. */
 int bb_later_collect(struct bb_later *l, const char *member, const char *field, const void *item,
-                     size_t itemlen, int64_t due_ms, const void *blob, size_t bloblen,
-                     int64_t max, bb_later_done_fn *done, void *arg);
+                     size_t itemlen, int64_t due_ms, const void *blob, size_t bloblen, int64_t max,
+                     bb_later_done_fn *done, void *arg);
 /* The frozen collection was sent (or given up): drops it; if items came
  * in meanwhile, schedules the collection again at next_due_ms with blob. */
-int bb_later_flushed(struct bb_later *l, const char *member, int64_t next_due_ms,
-                     const void *blob, size_t bloblen, bb_later_done_fn *done, void *arg);
+int bb_later_flushed(struct bb_later *l, const char *member, int64_t next_due_ms, const void *blob,
+                     size_t bloblen, bb_later_done_fn *done, void *arg);
 
 /* ---- schedule.c -------------------------------------------------------------------------- */
 

@@ -20,6 +20,14 @@
  * held by a worker that dies comes back when the lease (claim_idle) ends;
  * the bb:sent record then keeps it from being sent twice.
  *
+ * Erasure: the scripts that add a person's data (collect, park) are given
+ * bb:user:<id> for a user recipient and refuse when it no longer exists,
+ * with USER_GONE and nothing written (a refused park also drops the job
+ * and the delivery's record). Erasure deletes bb:user:<id> first and then
+ * sweeps these keys (buurtbusctl erase-user), so whatever a worker wrote
+ * before is swept and nothing comes back after. A group recipient (the
+ * social channel) has no such key and is never refused.
+ *
  * Threads: the event-loop thread only. */
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
@@ -30,10 +38,14 @@
 
 #include "bb_conn.h"
 #include "bb_err.h"
+#include "delivery.pb-c.h"
 #include "host.h"
 #include "log.h"
 
 #define TAKE_MAX 64
+
+/* collect_lua's and park_lua's "return 2": BB_LATER_USER_GONE (host.h). */
+#define USER_GONE BB_LATER_USER_GONE
 
 /* KEYS: zset jobs; ARGV: now lease_until count collect_prefix */
 static const char take_lua[] =
@@ -54,8 +66,15 @@ static const char take_lua[] =
     "end\n"
     "return out\n";
 
-/* KEYS: zset jobs record; ARGV: member due blob */
-static const char park_lua[] = "redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n"
+/* KEYS: zset jobs record [user]; ARGV: member due blob. KEYS[4] (a user
+ * recipient's bb:user:<id>) gone: the job and the record dropped, USER_GONE. */
+static const char park_lua[] = "if #KEYS == 4 and redis.call('EXISTS', KEYS[4]) == 0 then\n"
+                               "  redis.call('ZREM', KEYS[1], ARGV[1])\n"
+                               "  redis.call('HDEL', KEYS[2], ARGV[1])\n"
+                               "  redis.call('DEL', KEYS[3])\n"
+                               "  return 2\n"
+                               "end\n"
+                               "redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n"
                                "redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])\n"
                                "redis.call('DEL', KEYS[3])\n"
                                "return 1\n";
@@ -65,8 +84,10 @@ static const char finish_lua[] = "redis.call('ZREM', KEYS[1], ARGV[1])\n"
                                  "redis.call('HDEL', KEYS[2], ARGV[1])\n"
                                  "return 1\n";
 
-/* KEYS: zset jobs live; ARGV: member field item due blob max */
+/* KEYS: zset jobs live [user]; ARGV: member field item due blob max.
+ * KEYS[4] (a user recipient's bb:user:<id>) gone: USER_GONE, nothing written. */
 static const char collect_lua[] =
+    "if #KEYS == 4 and redis.call('EXISTS', KEYS[4]) == 0 then return 2 end\n"
     "if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 0 and\n"
     "   redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[6]) then return 0 end\n"
     "redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])\n"
@@ -250,14 +271,37 @@ static int eval(struct bb_later *l, const char *script, int nkeys, int nargs, co
 
 #define TEXT ((size_t)-1)
 
+/* The key whose absence means the job's recipient was erased: bb:user:<id>
+ * for a user, from the job's PendingDelivery; false for a group (or a blob
+ * that does not decode, which the job's reader dead-letters). */
+static bool guard_key(const void *blob, size_t len, char *out, size_t cap)
+{
+    Bb__PendingDelivery *pd = bb__pending_delivery__unpack(NULL, len, blob);
+    bool user =
+        pd && pd->recipient_kind != BB__RECIPIENT_KIND__RECIPIENT_KIND_GROUP && pd->recipient != 0;
+    if (user) {
+        snprintf(out, cap, "bb:user:%" PRIu64, pd->recipient);
+    }
+    if (pd) {
+        bb__pending_delivery__free_unpacked(pd, NULL);
+    }
+    return user;
+}
+
 int bb_later_park(struct bb_later *l, const char *member, int64_t due_ms, const void *blob,
                   size_t len, const char *record_key, bb_later_done_fn *done, void *arg)
 {
-    char due[24];
+    char due[24], user[40];
+    bool guarded = guard_key(blob, len, user, sizeof(user));
     snprintf(due, sizeof(due), "%" PRId64, due_ms);
-    const char *args[] = {l->zset, l->jobs, record_key, member, due, blob};
-    const size_t lens[] = {TEXT, TEXT, TEXT, TEXT, TEXT, len};
-    return eval(l, park_lua, 3, 6, args, lens, done, arg);
+    if (!guarded) {
+        const char *args[] = {l->zset, l->jobs, record_key, member, due, blob};
+        const size_t lens[] = {TEXT, TEXT, TEXT, TEXT, TEXT, len};
+        return eval(l, park_lua, 3, 6, args, lens, done, arg);
+    }
+    const char *args[] = {l->zset, l->jobs, record_key, user, member, due, blob};
+    const size_t lens[] = {TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, len};
+    return eval(l, park_lua, 4, 7, args, lens, done, arg);
 }
 
 int bb_later_finish(struct bb_later *l, const char *member, bb_later_done_fn *done, void *arg)
@@ -278,13 +322,19 @@ int bb_later_collect(struct bb_later *l, const char *member, const char *field, 
                      size_t itemlen, int64_t due_ms, const void *blob, size_t bloblen, int64_t max,
                      bb_later_done_fn *done, void *arg)
 {
-    char live[300], sending[320], due[24], smax[24];
+    char live[300], sending[320], due[24], smax[24], user[40];
+    bool guarded = guard_key(blob, bloblen, user, sizeof(user));
     collection_keys(l, member, live, sizeof(live), sending, sizeof(sending));
     snprintf(due, sizeof(due), "%" PRId64, due_ms);
     snprintf(smax, sizeof(smax), "%" PRId64, max);
-    const char *args[] = {l->zset, l->jobs, live, member, field, item, due, blob, smax};
-    const size_t lens[] = {TEXT, TEXT, TEXT, TEXT, TEXT, itemlen, TEXT, bloblen, TEXT};
-    return eval(l, collect_lua, 3, 9, args, lens, done, arg);
+    if (!guarded) {
+        const char *args[] = {l->zset, l->jobs, live, member, field, item, due, blob, smax};
+        const size_t lens[] = {TEXT, TEXT, TEXT, TEXT, TEXT, itemlen, TEXT, bloblen, TEXT};
+        return eval(l, collect_lua, 3, 9, args, lens, done, arg);
+    }
+    const char *args[] = {l->zset, l->jobs, live, user, member, field, item, due, blob, smax};
+    const size_t lens[] = {TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, itemlen, TEXT, bloblen, TEXT};
+    return eval(l, collect_lua, 4, 10, args, lens, done, arg);
 }
 
 int bb_later_flushed(struct bb_later *l, const char *member, int64_t next_due_ms, const void *blob,

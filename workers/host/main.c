@@ -240,6 +240,9 @@ static int check(struct bb_worker_config *cfg, char *err, size_t errlen)
         return BB_ECONFIG;
     }
     int rc = bb_conn_check_settings(cfg->redis, cfg->group, err, errlen);
+    if (rc == BB_OK) {
+        rc = bb_conn_check_auth(cfg->redis_user, cfg->redis_password, err, errlen);
+    }
     if (rc != BB_OK) {
         return rc;
     }
@@ -391,6 +394,7 @@ int main(int argc, char **argv)
     struct bb_conn_opts o = {
         .name = "commands",
         .addr = w.cfg.redis,
+        .user = w.cfg.redis_user,
         .password = w.cfg.redis_password,
         .connect_timeout_ms = w.cfg.connect_timeout_ms,
         .command_timeout_ms = w.cfg.command_timeout_ms,

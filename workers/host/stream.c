@@ -853,6 +853,11 @@ static void on_parked(void *arg, long long result)
         redo_later(d);
         return;
     }
+    if (result == BB_LATER_USER_GONE) {
+        receipt(d, BB__OUTCOME__OUTCOME_PERMANENT, "unknown_user");
+        finish(d);
+        return;
+    }
     d->parked = true;
     d->b->s->stats.parked++;
     finish(d);
@@ -863,6 +868,11 @@ static void on_collected(void *arg, long long result)
     struct delivery *d = arg;
     if (result < 0) {
         redo_later(d);
+        return;
+    }
+    if (result == BB_LATER_USER_GONE) {
+        receipt(d, BB__OUTCOME__OUTCOME_PERMANENT, "unknown_user");
+        finish(d);
         return;
     }
     if (result == 0) {
