@@ -22,6 +22,7 @@
 #include "bb_err.h"
 #include "directory.pb-c.h"
 #include "log.h"
+#include "tsan.h"
 #include "tz.h"
 
 #define CHUNK_SHIFT 8
@@ -131,8 +132,17 @@ struct bb_dir_reader {
     struct bb_dir_reader *next_all;
 };
 
+/* ThreadSanitizer does not see the fences inside Concurrency Kit (inline
+ * assembly), so it takes a free after the grace period for a race with the
+ * readers' sections. These annotations state what ck_epoch guarantees: every
+ * read section that ended happens before a retired object is freed. */
+static char tsan_grace; /* the synchronisation object */
+#define TSAN_SECTION_ENDED() BB_TSAN_RELEASE(&tsan_grace)
+#define TSAN_GRACE_PASSED() BB_TSAN_ACQUIRE(&tsan_grace)
+
 static void retired_cb(ck_epoch_entry_t *e)
 {
+    TSAN_GRACE_PASSED();
     struct retired *r = (struct retired *)e;
     r->fn(r->ctx, r->ptr);
     free(r);
@@ -1019,6 +1029,7 @@ void bb_dir_read_begin(struct bb_dir_reader *r)
 
 void bb_dir_read_end(struct bb_dir_reader *r)
 {
+    TSAN_SECTION_ENDED();
     ck_epoch_end(&r->rec, &r->section);
 }
 

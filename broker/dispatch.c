@@ -40,6 +40,7 @@
 #include "internal.h"
 #include "log.h"
 #include "report.pb-c.h"
+#include "tsan.h"
 #include "route.h"
 #include "validate.h"
 #include "wire.h"
@@ -50,6 +51,23 @@ struct lane {
     ck_ring_t ring;
     ck_ring_buffer_t *buf;
 };
+
+/* One producer, one consumer. The ring's fences order the job's contents
+ * before the pointer; the annotations say so to ThreadSanitizer. */
+static bool lane_put(struct lane *l, struct bb_job *job)
+{
+    BB_TSAN_RELEASE(l);
+    return ck_ring_enqueue_spsc(&l->ring, l->buf, job);
+}
+
+static bool lane_get(struct lane *l, struct bb_job **job)
+{
+    if (!l->buf || !ck_ring_dequeue_spsc(&l->ring, l->buf, job)) {
+        return false;
+    }
+    BB_TSAN_ACQUIRE(l);
+    return true;
+}
 
 struct router_thread {
     struct bb_dispatch *d;
@@ -177,7 +195,7 @@ static struct bb_job *take(struct router_thread *t)
     struct bb_job *job;
     for (;;) {
         for (int i = 0; i < SPIN_ROUNDS; i++) {
-            if (ck_ring_dequeue_spsc(&t->in.ring, t->in.buf, &job)) {
+            if (lane_get(&t->in, &job)) {
                 return job;
             }
             ck_pr_stall();
@@ -186,7 +204,7 @@ static struct bb_job *take(struct router_thread *t)
          * reads "sleeping"; with both sides sequentially consistent one of
          * us sees the other. */
         atomic_store(&t->sleeping, 1);
-        if (ck_ring_dequeue_spsc(&t->in.ring, t->in.buf, &job)) {
+        if (lane_get(&t->in, &job)) {
             atomic_store(&t->sleeping, 0);
             return job;
         }
@@ -213,7 +231,7 @@ static void *router_main(void *arg)
         }
         process(t, job);
         /* The ring's release orders the job's contents before the pointer. */
-        while (!ck_ring_enqueue_spsc(&t->out.ring, t->out.buf, job)) {
+        while (!lane_put(&t->out, job)) {
             ck_pr_stall(); /* cannot happen: sized for every job in flight */
         }
         wake_io(t->d);
@@ -225,7 +243,7 @@ static void drain(struct bb_dispatch *d)
 {
     for (unsigned i = 0; i < d->n; i++) {
         struct bb_job *job;
-        while (ck_ring_dequeue_spsc(&d->t[i].out.ring, d->t[i].out.buf, &job)) {
+        while (lane_get(&d->t[i].out, &job)) {
             d->done(job, d->arg);
         }
     }
@@ -243,7 +261,7 @@ static void on_io_wake(evutil_socket_t fd, short what, void *arg)
 
 static void push(struct router_thread *t, struct bb_job *job)
 {
-    while (!ck_ring_enqueue_spsc(&t->in.ring, t->in.buf, job)) {
+    while (!lane_put(&t->in, job)) {
         ck_pr_stall();
     }
     if (atomic_load(&t->sleeping)) {
@@ -326,10 +344,10 @@ void bb_dispatch_free(struct bb_dispatch *d)
     for (unsigned i = 0; d->t && i < d->n; i++) {
         struct router_thread *t = &d->t[i];
         struct bb_job *job;
-        while (t->out.buf && ck_ring_dequeue_spsc(&t->out.ring, t->out.buf, &job)) {
+        while (lane_get(&t->out, &job)) {
             bb_job_free(job);
         }
-        while (t->in.buf && ck_ring_dequeue_spsc(&t->in.ring, t->in.buf, &job)) {
+        while (lane_get(&t->in, &job)) {
             bb_job_free(job);
         }
         bb_router_free(t->router);

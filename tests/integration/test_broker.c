@@ -244,10 +244,12 @@ static void xadd_report(const Bb__Report *r)
 static void start_broker(const char *name, const char *extra)
 {
     char conf[512], text[1024], log[512];
+    /* BB_ROUTER_THREADS: more routers, for the ThreadSanitizer run. */
+    const char *routers = getenv("BB_ROUTER_THREADS");
     snprintf(text, sizeof(text),
-             "redis %s\nname %s\nrouter_threads 1\nblock 200ms\nclaim_idle 1s\n"
+             "redis %s\nname %s\nrouter_threads %s\nblock 200ms\nclaim_idle 1s\n"
              "claim_interval 300ms\nmetrics_addr \"\"\nlog_level info\n%s",
-             srv->addr, name, extra ? extra : "");
+             srv->addr, name, routers && routers[0] ? routers : "1", extra ? extra : "");
     assert_non_null(bb_harness_write_file(conf, sizeof(conf), "broker.conf", text));
     bb_harness_path(log, sizeof(log), "broker.log");
     broker_pid = fork();
@@ -975,7 +977,24 @@ int main(void)
         cmocka_unit_test_setup(paused_broker_writes_nothing_twice, reset),
         cmocka_unit_test_setup(metrics_count_what_happened, reset),
     };
-    int failures = cmocka_run_group_tests(tests, setup, teardown);
+    /* BB_TESTS: only the cases named in this comma-separated list. */
+    struct CMUnitTest chosen[sizeof(tests) / sizeof(tests[0])];
+    size_t n = 0;
+    const char *only = getenv("BB_TESTS");
+    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
+        size_t len = strlen(tests[i].name);
+        const char *p = only;
+        bool want = !only || !only[0];
+        while (!want && p && *p) {
+            want = strncmp(p, tests[i].name, len) == 0 && (p[len] == ',' || p[len] == '\0');
+            p = strchr(p, ',');
+            p = p ? p + 1 : NULL;
+        }
+        if (want) {
+            chosen[n++] = tests[i];
+        }
+    }
+    int failures = _cmocka_run_group_tests("broker", chosen, n, setup, teardown);
     bb_harness_finish(failures != 0);
     return failures;
 }
