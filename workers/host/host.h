@@ -156,6 +156,10 @@ struct bb_later *bb_later_new(struct event_base *base, struct bb_conn *commands,
                               const char *instance, int64_t poll_ms, int64_t lease_ms,
                               bb_later_job_fn *on_job, bb_later_room_fn *room, void *arg);
 void bb_later_stop(struct bb_later *l);
+/* Room for jobs was freed: take more now if the last take was full, instead
+ * of waiting for the next poll (a backlog of retries drains at the pace the
+ * jobs finish, not one page per poll). */
+void bb_later_kick(struct bb_later *l);
 void bb_later_free(struct bb_later *l);
 /* The result of bb_later_park and bb_later_collect when the recipient is a
  * user whose bb:user:<id> is gone (erased): nothing was written (a refused

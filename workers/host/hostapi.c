@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "bb_conn.h"
+#include "buurtbus/curl_reason.h"
 #include "bb_err.h"
 #include "host.h"
 #include "log.h"
@@ -147,14 +148,14 @@ static void check_done(struct bb_host *h)
             x->curl_done(x->arg, easy, (int)code);
         } else {
             struct bb_http_response res = {.struct_size = sizeof(res), .retry_after_s = -1};
+            char errbuf[24];
             if (code == CURLE_OK) {
                 curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &res.status);
                 res.error = "";
             } else {
-                res.error = code == CURLE_OPERATION_TIMEDOUT     ? "timeout"
-                            : code == CURLE_COULDNT_CONNECT      ? "connect"
-                            : code == CURLE_COULDNT_RESOLVE_HOST ? "resolve"
-                                                                 : curl_easy_strerror(code);
+                res.error = bb_curl_reason(code, errbuf, sizeof(errbuf));
+                bb_debug("http transfer failed", "code=%d what=\"%s\"", (int)code,
+                         curl_easy_strerror(code));
             }
             res.body = x->body ? x->body : "";
             res.body_len = x->len;

@@ -117,6 +117,8 @@ struct bb_later {
     void *arg;
     struct event *tick;
     bool taking, stopped;
+    bool more;      /* the last take got all it asked for: more may be due */
+    unsigned asked; /* how many the take in flight asked for */
 };
 
 struct call {
@@ -154,8 +156,17 @@ static void on_take(struct bb_conn *c, redisReply *r, void *priv)
         };
         l->on_job(l->arg, &job);
     }
-    if (r->elements == TAKE_MAX && !l->stopped) {
+    l->more = r->elements > 0 && r->elements == l->asked;
+    if (l->more && !l->stopped && l->room(l->arg) > 0) {
         arm(l, 0); /* more may be due */
+    }
+}
+
+void bb_later_kick(struct bb_later *l)
+{
+    if (l && l->more && !l->taking && !l->stopped) {
+        l->more = false;
+        arm(l, 0);
     }
 }
 
@@ -174,7 +185,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     char snow[24], slease[24], scount[16];
     snprintf(snow, sizeof(snow), "%" PRId64, now);
     snprintf(slease, sizeof(slease), "%" PRId64, now + l->lease_ms);
-    snprintf(scount, sizeof(scount), "%u", room < TAKE_MAX ? room : TAKE_MAX);
+    l->asked = room < TAKE_MAX ? room : TAKE_MAX;
+    snprintf(scount, sizeof(scount), "%u", l->asked);
     const char *argv[] = {"EVAL", take_lua, "2", l->zset, l->jobs, snow, slease, scount, l->prefix};
     if (bb_conn_command(l->commands, on_take, l, 9, argv, NULL) == BB_OK) {
         l->taking = true;

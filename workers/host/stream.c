@@ -238,6 +238,7 @@ static void batch_free(struct batch *b)
     if (b->member) {
         free(b->member);
         s->jobs--;
+        bb_later_kick(s->later);
     } else {
         s->inflight--;
     }
@@ -395,6 +396,24 @@ static void park(struct delivery *d, int64_t due_ms, const char *reason)
     run(d);
 }
 
+/* A delivery held back unsent while the breaker is open: parked until the
+ * breaker may close, unless that would pass its retry budget; then it ends
+ * as retries_exhausted, as if the provider had kept failing it. */
+static void park_while_open(struct delivery *d, int64_t due_ms)
+{
+    struct bb_stream *s = d->b->s;
+    if (due_ms - d->first_ms > s->cfg->retry_budget_ms) {
+        char detail[160];
+        snprintf(detail, sizeof(detail), "attempts=%u last=circuit_open", d->attempt);
+        receipt(d, BB__OUTCOME__OUTCOME_PERMANENT, "retries_exhausted");
+        dead_letter(d->b, "retries_exhausted", detail, d->id);
+        finish(d);
+        return;
+    }
+    s->stats.parked_open++;
+    park(d, due_ms, "circuit_open");
+}
+
 /* ---- isolation: token bucket and circuit breaker ----------------------------------------- */
 
 enum gate { GATE_GO, GATE_WAIT, GATE_PARK };
@@ -475,8 +494,7 @@ static void pump(struct bb_stream *s)
         }
         w->next_wait = NULL;
         if (g == GATE_PARK) {
-            s->stats.parked_open++;
-            park(w, breaker_due(s), "circuit_open");
+            park_while_open(w, breaker_due(s));
             continue;
         }
         admit(s, w);
@@ -983,8 +1001,7 @@ static void run(struct delivery *d)
                 return;
             }
             if (g == GATE_PARK) {
-                s->stats.parked_open++;
-                park(d, breaker_due(s), "circuit_open");
+                park_while_open(d, breaker_due(s));
                 return;
             }
             admit(s, d);

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buurtbus/curl_reason.h"
+
 #define MAX_RESPONSE (64 * 1024) /* provider answers are small JSON */
 
 struct push_xfer {
@@ -79,15 +81,12 @@ static void on_curl_done(void *arg, void *easy, int code)
 {
     struct push_xfer *x = arg;
     struct bb_http_response res = {.struct_size = sizeof(res), .retry_after_s = x->retry_after_s};
+    char errbuf[24];
     if (code == CURLE_OK) {
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &res.status);
         res.error = "";
     } else {
-        res.error = code == CURLE_OPERATION_TIMEDOUT         ? "timeout"
-                    : code == CURLE_COULDNT_CONNECT          ? "connect"
-                    : code == CURLE_COULDNT_RESOLVE_HOST     ? "resolve"
-                    : code == CURLE_PEER_FAILED_VERIFICATION ? "tls_verify"
-                                                             : curl_easy_strerror((CURLcode)code);
+        res.error = bb_curl_reason((CURLcode)code, errbuf, sizeof(errbuf));
     }
     res.body = x->body ? x->body : "";
     res.body_len = x->len;
