@@ -21,6 +21,12 @@
 
 static volatile sig_atomic_t stop_requested;
 
+/* The running configuration and what it came from (for SIGHUP). */
+static struct bb_broker_config cfg;
+static char *config_path;
+static char **config_sets;
+static size_t config_nsets;
+
 static void usage(FILE *out)
 {
     fprintf(out, "usage: buurtbus-broker [-c FILE] [--set NAME=VALUE]... [--check-config]\n"
@@ -31,8 +37,9 @@ static void usage(FILE *out)
                  "  --check-config      validate the configuration and exit (0 = valid)\n"
                  "  --dump-config       print the effective configuration and exit\n"
                  "\n"
-                 "Signals: SIGTERM/SIGINT finish work in flight, ack, exit; SIGHUP reloads\n"
-                 "the log level and the compression dictionary.\n");
+                 "Signals: SIGTERM/SIGINT finish work in flight, ack, exit; SIGHUP reads the\n"
+                 "file again, applies log_level (other changes need a restart) and looks up\n"
+                 "the compression dictionary.\n");
 }
 
 static void on_early_signal(int sig)
@@ -40,12 +47,49 @@ static void on_early_signal(int sig)
     stop_requested = 1;
 }
 
+static int load_config(struct bb_broker_config *to, char *err, size_t errlen);
+
+static void reload_one(const struct bb_opt *o, void *arg)
+{
+    const struct bb_broker_config *fresh = arg;
+    if (strcmp(o->name, "log_level") == 0) {
+        char *level = strdup(fresh->log_level);
+        if (level) {
+            free(cfg.log_level);
+            cfg.log_level = level;
+            bb_log_set_level((enum bb_log_level)bb_log_level_parse(level));
+            bb_info("option reloaded", "option=log_level value=%s", level);
+        }
+        return;
+    }
+    bb_warn("option changed; takes effect after a restart", "option=%s", o->name);
+}
+
+/* SIGHUP: the file read again (with the same --set overrides): log_level
+ * applies at once, other changes are logged as needing a restart; the
+ * compression dictionary is looked up again. A file that no longer loads
+ * changes nothing. */
+static void reload(struct bb_consumer *c)
+{
+    struct bb_broker_config fresh;
+    char err[512];
+    bb_info("reload requested", "config=%s", config_path ? config_path : "(none)");
+    if (load_config(&fresh, err, sizeof(err)) != BB_OK) {
+        bb_error("reload failed; the running configuration stays", "err=\"%s\"", err);
+    } else {
+        size_t n =
+            bb_config_diff(bb_broker_opts, bb_broker_nopts, &cfg, &fresh, reload_one, &fresh);
+        bb_info("configuration reloaded", "changed=%zu", n);
+    }
+    bb_config_free(bb_broker_opts, bb_broker_nopts, &fresh);
+    bb_consumer_reload(c);
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     struct bb_consumer *c = arg;
     if (sig == SIGHUP) {
-        bb_info("reload requested", NULL);
-        bb_consumer_reload(c);
+        reload(c);
         return;
     }
     bb_info("shutdown requested", "signal=%d", (int)sig);
@@ -111,9 +155,24 @@ static int load_directory(const struct bb_broker_config *cfg, struct bb_dir *dir
     return BB_EIO;
 }
 
+/* Defaults, the file, the --set overrides, the checks: into *to (which the
+ * caller frees with bb_config_free, also on failure). */
+static int load_config(struct bb_broker_config *to, char *err, size_t errlen)
+{
+    memset(to, 0, sizeof(*to));
+    int rc = bb_config_defaults(bb_broker_opts, bb_broker_nopts, to, err, errlen);
+    if (rc == BB_OK && config_path) {
+        rc = bb_config_load_file(bb_broker_opts, bb_broker_nopts, to, config_path, err, errlen);
+    }
+    if (rc == BB_OK) {
+        rc = bb_config_apply_sets(bb_broker_opts, bb_broker_nopts, to,
+                                  (const char *const *)config_sets, config_nsets, err, errlen);
+    }
+    return rc == BB_OK ? check(to, err, errlen) : rc;
+}
+
 int main(int argc, char **argv)
 {
-    struct bb_broker_config cfg;
     struct bb_cmdline cl;
     char err[512];
     int status = 1;
@@ -133,26 +192,15 @@ int main(int argc, char **argv)
         bb_cmdline_free(&cl);
         return 0;
     }
-    if (bb_config_defaults(bb_broker_opts, bb_broker_nopts, &cfg, err, sizeof(err)) != BB_OK) {
-        fprintf(stderr, "buurtbus-broker: %s\n", err);
-        bb_cmdline_free(&cl);
-        return 1;
-    }
     /* The file first, then --set overrides on top of it. */
     bool check_only = cl.check_only, dump = cl.dump;
-    int rc = cl.config ? bb_config_load_file(bb_broker_opts, bb_broker_nopts, &cfg, cl.config, err,
-                                             sizeof(err))
-                       : BB_OK;
-    if (rc == BB_OK) {
-        rc = bb_config_apply_sets(bb_broker_opts, bb_broker_nopts, &cfg, cl.sets, cl.nsets, err,
-                                  sizeof(err));
+    config_path = cl.config ? strdup(cl.config) : NULL;
+    config_sets = calloc(cl.nsets + 1, sizeof(*config_sets));
+    for (size_t i = 0; config_sets && i < cl.nsets; i++) {
+        config_sets[config_nsets++] = strdup(cl.sets[i]);
     }
     bb_cmdline_free(&cl);
-    if (rc != BB_OK) {
-        fprintf(stderr, "buurtbus-broker: %s\n", err);
-        goto out_config;
-    }
-    if (check(&cfg, err, sizeof(err)) != BB_OK) {
+    if (load_config(&cfg, err, sizeof(err)) != BB_OK) {
         fprintf(stderr, "buurtbus-broker: %s\n", err);
         goto out_config;
     }
@@ -233,5 +281,10 @@ out_dir:
     bb_dir_free(dir);
 out_config:
     bb_config_free(bb_broker_opts, bb_broker_nopts, &cfg);
+    free(config_path);
+    for (size_t i = 0; i < config_nsets; i++) {
+        free(config_sets[i]);
+    }
+    free(config_sets);
     return status;
 }

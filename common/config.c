@@ -822,6 +822,38 @@ static void dump_quoted(FILE *out, const char *s)
     fputc('"', out);
 }
 
+size_t bb_config_diff(const struct bb_opt *opts, size_t n, const void *a, const void *b,
+                      void (*fn)(const struct bb_opt *o, void *arg), void *arg)
+{
+    size_t changed = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct bb_opt *o = &opts[i];
+        const void *fa = field_const(a, o), *fb = field_const(b, o);
+        bool same;
+        switch (o->type) {
+        case BB_OPT_BOOL:
+            same = *(const bool *)fa == *(const bool *)fb;
+            break;
+        case BB_OPT_STRING:
+        case BB_OPT_SECRET_FILE: {
+            const char *sa = *(char *const *)fa, *sb = *(char *const *)fb;
+            same = (!sa && !sb) || (sa && sb && strcmp(sa, sb) == 0);
+            break;
+        }
+        default:
+            same = *(const int64_t *)fa == *(const int64_t *)fb;
+            break;
+        }
+        if (!same) {
+            changed++;
+            if (fn) {
+                fn(o, arg);
+            }
+        }
+    }
+    return changed;
+}
+
 void bb_config_dump(const struct bb_opt *opts, size_t n, const void *target, FILE *out)
 {
     char num[32];

@@ -54,6 +54,10 @@ int bb_config_set(const struct bb_opt *opts, size_t n, void *target, const char 
                   const char *value, char *err, size_t errlen);
 /* Prints the effective configuration as a valid config file (secrets shown as "<hidden>"). */
 void bb_config_dump(const struct bb_opt *opts, size_t n, const void *target, FILE *out);
+/* Calls fn(option, arg) for every option whose value differs between the
+ * targets a and b (for a reload: what changed); returns how many. */
+size_t bb_config_diff(const struct bb_opt *opts, size_t n, const void *a, const void *b,
+                      void (*fn)(const struct bb_opt *o, void *arg), void *arg);
 /* Frees the strings the parser allocated in target. */
 void bb_config_free(const struct bb_opt *opts, size_t n, void *target);
 

@@ -30,7 +30,7 @@ import urllib.request
 
 import redis
 
-GROUP_CELL = "u1hbc"  # the group's area, around 51.69, 5.30
+GROUP_CELL = "u15y0"  # the group's area: the cell holding 51.6901, 5.3019, where reports are
 MEMBERS_FIRST = 1001
 CHANNELS = ("push", "email")
 CHANNEL_NUMBER = {"push": 1, "email": 2, "inbox": 3, "digest": 4}

@@ -3,6 +3,7 @@
 Threads: the main thread (run.py calls each scenario in turn).
 """
 
+import os
 import random
 import signal
 import time
@@ -109,9 +110,11 @@ def worker_kill(kit, prof):
 
 @scenario(12, "signals")
 def signals(kit, prof):
-    """Under load: SIGHUP to every broker and worker (a reload), then
-    SIGTERM to one broker and the worker, each replaced at once: each
-    exits 0 within shutdown_grace, and nothing is lost or doubled."""
+    """Under load: SIGHUP to every broker and worker (a reload; the first
+    time with changed files: a live option applied, one that needs a
+    restart reported), then SIGTERM to one broker and the worker, each
+    replaced at once: each exits 0 within shutdown_grace, and nothing is
+    lost or doubled."""
     kit.load_directory()
     kit.start_broker("b1")
     kit.start_broker("b2")
@@ -125,6 +128,11 @@ def signals(kit, prof):
         state["next"] = t + 2.5
         state["n"] += 1
         if state["n"] % 2 == 1:
+            if state["n"] == 1:
+                with open(os.path.join(kit.dir, "b2.conf"), "a") as f:
+                    f.write("log_level debug\nblock 300ms\n")
+                with open(os.path.join(kit.dir, "w1.conf"), "a") as f:
+                    f.write("channel.push.rate 100000\n")
             for p in list(kit.brokers.values()) + list(kit.workers.values()):
                 p.send(signal.SIGHUP)
             res["hups"] = res.get("hups", 0) + 1
@@ -145,6 +153,11 @@ def signals(kit, prof):
     for p in list(kit.brokers.values()) + list(kit.workers.values()):
         if not p.running():
             raise Failure(f"{p.name} is gone after SIGHUP")
+    for log, want in (("b2", 'msg="option reloaded" option=log_level'),
+                      ("b2", 'takes effect after a restart" option=block'),
+                      ("w1", 'msg="option reloaded" option=push.rate')):
+        if want not in kit.log_text(log):
+            raise Failure(f"{log}.log does not say {want!r} after SIGHUP")
     kit.check_ledger(posted)
 
 

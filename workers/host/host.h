@@ -89,6 +89,12 @@ struct bb_worker_config {
 int bb_worker_config_load(struct bb_worker_config *cfg, const char *path, const char *const *sets,
                           size_t nsets, char *err, size_t errlen);
 void bb_worker_config_dump(const struct bb_worker_config *cfg);
+/* SIGHUP: applies to running what may change live in fresh (a newly loaded
+ * and checked configuration): log_level, the retry options and each
+ * instance's limits (rate, burst, concurrency, collect_max, breaker_*);
+ * logs every other change as needing a restart. Returns how many were
+ * applied; the caller sets the log level from running->log_level. */
+int bb_worker_config_reload(struct bb_worker_config *running, const struct bb_worker_config *fresh);
 void bb_worker_config_free(struct bb_worker_config *cfg);
 
 /* ---- plugin.c ---------------------------------------------------------------------------- */

@@ -7,6 +7,7 @@
  *
  * Signals: SIGTERM/SIGINT stop reading, let deliveries in flight finish
  * (shutdown_grace), ack, exit. What is unfinished stays pending in Redis.
+ * SIGHUP reloads what may change live (reload()).
  *
  * Threads: main thread only. */
 #include <event2/buffer.h>
@@ -36,6 +37,10 @@ struct worker {
     struct event *sig_term, *sig_int, *sig_hup, *drain_ev;
     int64_t drain_deadline;
     struct bb_httpd *httpd;
+    /* What the configuration came from, for SIGHUP. */
+    char *config_path;
+    char **sets;
+    size_t nsets;
 };
 
 static unsigned inflight(const struct worker *w);
@@ -173,8 +178,9 @@ static void usage(FILE *out)
             "  --check-config      load the plug-ins, check the configuration, exit (0 = valid)\n"
             "  --dump-config       print the effective configuration and exit\n"
             "\n"
-            "Signals: SIGTERM/SIGINT finish deliveries in flight, ack, exit; SIGHUP is\n"
-            "logged and ignored.\n");
+            "Signals: SIGTERM/SIGINT finish deliveries in flight, ack, exit; SIGHUP reads\n"
+            "the file again and applies log_level, the retry options and each instance's\n"
+            "limits (other changes are logged as needing a restart).\n");
 }
 
 static void on_commands_ready(struct bb_conn *c, void *arg)
@@ -211,12 +217,35 @@ static void on_drain(evutil_socket_t fd, short what, void *arg)
     evtimer_add(w->drain_ev, &tv);
 }
 
+static int check(struct bb_worker_config *cfg, char *err, size_t errlen);
+
+/* SIGHUP: the file read again (with the same --set overrides); what may
+ * change live is applied, the rest is logged as needing a restart. A file
+ * that no longer loads changes nothing. Work in flight is not touched. */
+static void reload(struct worker *w)
+{
+    struct bb_worker_config fresh;
+    char err[512];
+    bb_info("reload requested", "config=%s", w->config_path ? w->config_path : "(none)");
+    int rc = bb_worker_config_load(&fresh, w->config_path, (const char *const *)w->sets, w->nsets,
+                                   err, sizeof(err));
+    if (rc == BB_OK) {
+        rc = check(&fresh, err, sizeof(err));
+    }
+    if (rc != BB_OK) {
+        bb_error("reload failed; the running configuration stays", "err=\"%s\"", err);
+    } else {
+        bb_worker_config_reload(&w->cfg, &fresh);
+        bb_log_set_level((enum bb_log_level)bb_log_level_parse(w->cfg.log_level));
+    }
+    bb_worker_config_free(&fresh);
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     struct worker *w = arg;
     if (sig == SIGHUP) {
-        /* Nothing reloads yet; without a handler SIGHUP would end the process. */
-        bb_info("reload requested; nothing to reload", NULL);
+        reload(w);
         return;
     }
     if (w->drain_deadline) {
@@ -340,6 +369,11 @@ static void worker_free(struct worker *w)
         event_base_free(w->base);
     }
     bb_worker_config_free(&w->cfg);
+    free(w->config_path);
+    for (size_t i = 0; i < w->nsets; i++) {
+        free(w->sets[i]);
+    }
+    free(w->sets);
 }
 
 int main(int argc, char **argv)
@@ -366,6 +400,11 @@ int main(int argc, char **argv)
         return 0;
     }
     bool check_only = cl.check_only, dump = cl.dump;
+    w.config_path = cl.config ? strdup(cl.config) : NULL;
+    w.sets = calloc(cl.nsets + 1, sizeof(*w.sets));
+    for (size_t i = 0; w.sets && i < cl.nsets; i++) {
+        w.sets[w.nsets++] = strdup(cl.sets[i]);
+    }
     int rc = bb_worker_config_load(&w.cfg, cl.config, cl.sets, cl.nsets, err, sizeof(err));
     bb_cmdline_free(&cl);
     if (rc == BB_OK) {

@@ -18,6 +18,7 @@
 #include "bb_err.h"
 #include "config.h"
 #include "host.h"
+#include "log.h"
 
 #ifndef BB_PLUGIN_DIR
 #define BB_PLUGIN_DIR "/usr/local/lib/buurtbus"
@@ -494,6 +495,99 @@ int bb_worker_config_load(struct bb_worker_config *cfg, const char *path, const 
     }
     kv_list_free(&l);
     return rc;
+}
+
+/* ---- reload ------------------------------------------------------------------------------ */
+
+/* What a reload may change while running: the log level, and an
+ * instance's limits (the streams read them at every send). */
+static bool live(const struct bb_opt *o)
+{
+    static const char *const names[] = {"log_level",        "rate",         "burst",
+                                        "concurrency",      "collect_max",  "breaker_failures",
+                                        "breaker_cooldown", "retry_budget", "max_attempts",
+                                        "retry_min",        "retry_max"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strcmp(o->name, names[i]) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+struct reload_ctx {
+    void *running;
+    const void *fresh;
+    const char *instance; /* NULL: a worker option */
+    unsigned applied, restart;
+};
+
+static void reload_one(const struct bb_opt *o, void *arg)
+{
+    struct reload_ctx *r = arg;
+    if (!live(o)) {
+        r->restart++;
+        bb_warn("option changed; takes effect after a restart", "option=%s%s%s",
+                r->instance ? r->instance : "", r->instance ? "." : "", o->name);
+        return;
+    }
+    void *to = (char *)r->running + o->offset;
+    const void *from = (const char *)r->fresh + o->offset;
+    if (o->type == BB_OPT_STRING) {
+        char *copy = strdup(*(char *const *)from);
+        if (!copy) {
+            return;
+        }
+        free(*(char **)to);
+        *(char **)to = copy;
+    } else {
+        *(int64_t *)to = *(const int64_t *)from;
+    }
+    r->applied++;
+    bb_info("option reloaded", "option=%s%s%s", r->instance ? r->instance : "",
+            r->instance ? "." : "", o->name);
+}
+
+static bool same_kv(const struct bb_chan_conf *a, const struct bb_chan_conf *b)
+{
+    if (a->nkv != b->nkv) {
+        return false;
+    }
+    for (size_t i = 0; i < a->nkv; i++) {
+        if (strcmp(a->kv[i].key, b->kv[i].key) != 0 ||
+            strcmp(a->kv[i].value, b->kv[i].value) != 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+int bb_worker_config_reload(struct bb_worker_config *running, const struct bb_worker_config *fresh)
+{
+    struct reload_ctx r = {.running = running, .fresh = fresh};
+    bb_config_diff(worker_opts, worker_nopts, running, fresh, reload_one, &r);
+    bool same_set = running->nchans == fresh->nchans;
+    for (size_t i = 0; same_set && i < running->nchans; i++) {
+        same_set = strcmp(running->chans[i].instance, fresh->chans[i].instance) == 0;
+    }
+    if (!same_set) {
+        r.restart++;
+        bb_warn("option changed; takes effect after a restart", "option=channels");
+    }
+    for (size_t i = 0; same_set && i < running->nchans; i++) {
+        struct bb_chan_conf *c = &running->chans[i];
+        r.running = &c->o;
+        r.fresh = &fresh->chans[i].o;
+        r.instance = c->instance;
+        bb_config_diff(chan_opts, chan_nopts, &c->o, &fresh->chans[i].o, reload_one, &r);
+        if (!same_kv(c, &fresh->chans[i])) {
+            r.restart++;
+            bb_warn("plug-in options changed; take effect after a restart", "channel=%s",
+                    c->instance);
+        }
+    }
+    bb_info("configuration reloaded", "applied=%u need_restart=%u", r.applied, r.restart);
+    return (int)r.applied;
 }
 
 void bb_worker_config_dump(const struct bb_worker_config *cfg)
