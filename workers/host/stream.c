@@ -145,6 +145,11 @@ struct batch {
     struct delivery *d;
     size_t nd, left;
     struct event *ack_ev;
+    /* A stream entry that is dead as a whole: its dead letter and its ack go
+     * in one script (dead_and_ack), retried together until Redis has both. */
+    bool dead;
+    char dead_reason[48];
+    char dead_detail[160];
     /* A job: */
     char *member; /* its bb:later member; NULL for an entry */
     Bb__PendingDelivery *pd;
@@ -262,9 +267,16 @@ static void on_ack(struct bb_conn *c, redisReply *r, void *priv)
     read_next(s);
 }
 
+static void dead_and_ack(struct batch *b);
+
 static void on_ack_timer(evutil_socket_t fd, short what, void *arg)
 {
-    ack(arg);
+    struct batch *b = arg;
+    if (b->dead) {
+        dead_and_ack(b);
+    } else {
+        ack(b);
+    }
 }
 
 static void complete_job(struct batch *b);
@@ -315,14 +327,60 @@ static void dead_letter(struct batch *b, const char *reason, const char *detail,
     }
 }
 
-/* The whole batch is unusable: dead letter, then ack. */
+/* KEYS: bb:dead, the stream; ARGV: group, entry id, the dead letter's
+ * field/value pairs. One step, so a crash never leaves the entry acked
+ * without its dead letter, nor dead-lettered twice. */
+static const char dead_ack_lua[] = "redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))\n"
+                                   "return redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])\n";
+
+static void dead_and_ack(struct batch *b)
+{
+    struct bb_stream *s = b->s;
+    const char *argv[] = {"EVAL",
+                          dead_ack_lua,
+                          "2",
+                          DEAD_STREAM,
+                          s->conf->stream,
+                          s->conf->group,
+                          b->id,
+                          "reason",
+                          b->dead_reason,
+                          "detail",
+                          b->dead_detail,
+                          "stream",
+                          s->conf->stream,
+                          "id",
+                          b->id,
+                          "p",
+                          b->p ? (const char *)b->p : "",
+                          "worker",
+                          s->cfg->name};
+    enum { ARGC = sizeof(argv) / sizeof(argv[0]) };
+    size_t len[ARGC];
+    for (size_t i = 0; i < ARGC; i++) {
+        len[i] = i == 16 ? (b->p ? b->plen : 0) : strlen(argv[i]); /* p is binary */
+    }
+    if (bb_conn_command(s->commands, on_ack, b, ARGC, argv, len) != BB_OK) {
+        arm_ms(b->ack_ev, REDO_MS);
+    }
+}
+
+/* The whole batch is unusable: dead letter and ack (a job: dead letter,
+ * then the job is finished). */
 static void batch_dead(struct batch *b, const char *reason, const char *detail)
 {
     bb_warn("batch to dead letters", "stream=%s entry=%s reason=%s", b->s->conf->stream, b->id,
             reason);
     b->s->stats.dead_batches++;
-    dead_letter(b, reason, detail, NULL);
-    ack(b);
+    if (b->member) {
+        dead_letter(b, reason, detail, NULL);
+        ack(b);
+        return;
+    }
+    b->dead = true;
+    snprintf(b->dead_reason, sizeof(b->dead_reason), "%s", reason);
+    snprintf(b->dead_detail, sizeof(b->dead_detail), "%s", detail);
+    dead_and_ack(b);
 }
 
 /* ---- outcomes ---------------------------------------------------------------------------- */
