@@ -590,6 +590,21 @@ class Kit:
                 raise Failure(f"bb:out:{inst} holds {n} batches for {want} report entries")
         return l
 
+    def metric(self, name, metric):
+        """A counter or gauge from a program's /metrics (the sum over its
+        label sets), or None when it does not answer."""
+        try:
+            url = f"http://127.0.0.1:{self.metrics[name]}/metrics"
+            with urllib.request.urlopen(url, timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(metric + " ") or line.startswith(metric + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
     def log_text(self, name):
         try:
             with open(os.path.join(self.dir, f"{name}.log"), errors="replace") as f:
