@@ -314,13 +314,15 @@ static void dead_letter(struct batch *b, const char *reason, const char *detail,
                           b->p ? (const char *)b->p : "",
                           "worker",
                           s->cfg->name,
+                          "instance",
+                          s->conf->instance,
                           "delivery",
                           delivery ? delivery : ""};
-    size_t len[17];
-    for (int i = 0; i < 17; i++) {
+    size_t len[19];
+    for (int i = 0; i < 19; i++) {
         len[i] = i == 12 ? (b->p ? b->plen : 0) : strlen(argv[i]); /* p is binary */
     }
-    int argc = delivery ? 17 : 15;
+    int argc = delivery ? 19 : 17;
     if (bb_conn_command(s->commands, NULL, NULL, argc, argv, len) != BB_OK) {
         bb_error("dead letter not written: redis down", "stream=%s entry=%s reason=%s",
                  s->conf->stream, b->id, reason);
@@ -354,7 +356,9 @@ static void dead_and_ack(struct batch *b)
                           "p",
                           b->p ? (const char *)b->p : "",
                           "worker",
-                          s->cfg->name};
+                          s->cfg->name,
+                          "instance",
+                          s->conf->instance};
     enum { ARGC = sizeof(argv) / sizeof(argv[0]) };
     size_t len[ARGC];
     for (size_t i = 0; i < ARGC; i++) {
