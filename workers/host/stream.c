@@ -299,30 +299,32 @@ static void dead_letter(struct batch *b, const char *reason, const char *detail,
                         const char *delivery)
 {
     struct bb_stream *s = b->s;
-    const char *argv[] = {"XADD",
-                          DEAD_STREAM,
-                          "*",
-                          "reason",
-                          reason,
-                          "detail",
-                          detail,
-                          "stream",
-                          s->conf->stream,
-                          "id",
-                          b->id,
-                          "p",
-                          b->p ? (const char *)b->p : "",
-                          "worker",
-                          s->cfg->name,
-                          "instance",
-                          s->conf->instance,
-                          "delivery",
-                          delivery ? delivery : ""};
+    const char *argv[19] = {"XADD",
+                            DEAD_STREAM,
+                            "*",
+                            "reason",
+                            reason,
+                            "detail",
+                            detail,
+                            "stream",
+                            s->conf->stream,
+                            "id",
+                            b->id,
+                            "p",
+                            b->p ? (const char *)b->p : "",
+                            "worker",
+                            s->cfg->name};
+    int argc = 15;
+    if (delivery) {
+        argv[argc++] = "delivery";
+        argv[argc++] = delivery;
+    }
+    argv[argc++] = "instance";
+    argv[argc++] = s->conf->instance;
     size_t len[19];
-    for (int i = 0; i < 19; i++) {
+    for (int i = 0; i < argc; i++) {
         len[i] = i == 12 ? (b->p ? b->plen : 0) : strlen(argv[i]); /* p is binary */
     }
-    int argc = delivery ? 19 : 17;
     if (bb_conn_command(s->commands, NULL, NULL, argc, argv, len) != BB_OK) {
         bb_error("dead letter not written: redis down", "stream=%s entry=%s reason=%s",
                  s->conf->stream, b->id, reason);
