@@ -9,7 +9,7 @@ BB_PACKAGES=(
   libevent-dev libhiredis-dev libprotobuf-c-dev protobuf-c-compiler libzstd-dev
   libck-dev libjson-c-dev libcmocka-dev libcurl4-openssl-dev libssl-dev
   redis-server redis-tools tzdata curl python3
-  python3-h2 python3-cryptography libnghttp2-dev openssl
+  python3-h2 python3-cryptography libnghttp2-dev openssl help2man
 )
 
 bb_install_deps() {
