@@ -1,7 +1,9 @@
-/* buurtbusctl dict train / dict show: the zstd dictionary brokers compress
- * notifications with (bb:zdict:{id}, named by bb:zdict:current). Main
- * thread. Training samples are what readers get: each recent report turned
- * into its Notification (precision 7, no group name) and packed. */
+/* buurtbusctl dict train / rotate / show: the zstd dictionary brokers
+ * compress notifications with (bb:zdict:{id}, named by bb:zdict:current).
+ * Main thread. Training samples are what readers get: each recent report
+ * turned into its Notification (precision 7, no group name) and packed.
+ * rotate --prune deletes old dictionaries no entry of bb:out:* names in its
+ * frame (the frame header carries the dictionary id). */
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <stdio.h>
@@ -14,6 +16,7 @@
 #include "delivery.pb-c.h"
 #include "output.h"
 #include "report.pb-c.h"
+#include "snapshot.h"
 #include "wire.h"
 
 #define MIN_SAMPLES 10
@@ -148,20 +151,35 @@ static int store_dict(redisContext *c, uint32_t id, const void *dict, size_t len
     return rc;
 }
 
-static int dict_train(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv)
+static int prune(struct ctl *ctl, uint32_t current, const char *previous, struct json_object *out);
+
+static int dict_train(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv,
+                      bool rotate)
 {
-    static const struct option opts[] = {
+    static const struct option train_opts[] = {
         CTL_COMMON_OPTS,
         {"samples", required_argument, NULL, 'n'},
         {"size", required_argument, NULL, 's'},
         {"level", required_argument, NULL, 'l'},
         {NULL, 0, NULL, 0},
     };
+    static const struct option rotate_opts[] = {
+        CTL_COMMON_OPTS,
+        {"samples", required_argument, NULL, 'n'},
+        {"size", required_argument, NULL, 's'},
+        {"level", required_argument, NULL, 'l'},
+        {"prune", no_argument, NULL, 'p'},
+        {NULL, 0, NULL, 0},
+    };
     long nsamples = 2000, level = 3;
     int64_t size = 16 * 1024;
+    bool do_prune = false;
+    char previous[32] = "";
     int opt, rc;
-    while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (opt == 'n') {
+    while ((opt = getopt_long(argc, argv, "h", rotate ? rotate_opts : train_opts, NULL)) != -1) {
+        if (opt == 'p') {
+            do_prune = true;
+        } else if (opt == 'n') {
             if (ctl_parse_long(cmd, "--samples", optarg, 1, 1000000, &nsamples) != CTL_OK) {
                 return CTL_USAGE;
             }
@@ -182,6 +200,17 @@ static int dict_train(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char
     }
     if (ctl_connect(ctl) != CTL_OK) {
         return CTL_ERR;
+    }
+
+    if (rotate) {
+        redisReply *cur = ctl_redis(ctl, "GET bb:zdict:current");
+        if (!cur) {
+            return CTL_ERR;
+        }
+        if (cur->type == REDIS_REPLY_STRING) {
+            snprintf(previous, sizeof(previous), "%s", cur->str);
+        }
+        freeReplyObject(cur);
     }
 
     struct samples s = {0};
@@ -227,8 +256,21 @@ static int dict_train(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char
     }
     double r_plain = plain ? (double)s.len / (double)plain : 0;
     double r_with = with ? (double)s.len / (double)with : 0;
+    struct json_object *pruned = do_prune ? json_object_new_object() : NULL;
+    if (pruned && prune(ctl, id, previous, pruned) != CTL_OK) {
+        json_object_put(pruned);
+        goto free_zstd;
+    }
     if (ctl->json) {
         struct json_object *o = json_object_new_object();
+        if (rotate) {
+            json_object_object_add(o, "previous",
+                                   previous[0] ? json_object_new_string(previous) : NULL);
+        }
+        if (pruned) {
+            json_object_object_add(o, "prune", pruned);
+            pruned = NULL;
+        }
         json_object_object_add(o, "id", json_object_new_int64(id));
         json_object_object_add(o, "bytes", json_object_new_int64((int64_t)dlen));
         json_object_object_add(o, "samples", json_object_new_int64(s.n));
@@ -252,7 +294,18 @@ static int dict_train(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char
         printf("on the samples: %.0f B raw per notification, %.2fx without it (%.0f B), "
                "%.2fx with it (%.0f B)\n",
                (double)s.len / s.n, r_plain, (double)plain / s.n, r_with, (double)with / s.n);
+        if (rotate) {
+            printf("previous current: %s (kept)\n", previous[0] ? previous : "none");
+        }
+        if (pruned) {
+            struct json_object *v;
+            json_object_object_get_ex(pruned, "deleted", &v);
+            printf("pruned: deleted %s", json_object_to_json_string(v));
+            json_object_object_get_ex(pruned, "in_use", &v);
+            printf("; kept in use by bb:out:* entries %s\n", json_object_to_json_string(v));
+        }
     }
+    json_object_put(pruned);
     rc = CTL_OK;
 
 free_zstd:
@@ -369,22 +422,171 @@ static int dict_show(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char 
     return rc;
 }
 
-int cmd_dict(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv)
+int cmd_dict_train(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv)
 {
-    /* "dict SUB [options]": the sub-command parses its options with argv[0]
-     * = its own name. Global options go before "dict". */
-    if (argc < 2) {
-        return ctl_usage(cmd, "train or show?");
+    return dict_train(ctl, cmd, argc, argv, false);
+}
+
+int cmd_dict_rotate(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv)
+{
+    return dict_train(ctl, cmd, argc, argv, true);
+}
+
+int cmd_dict_show(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv)
+{
+    return dict_show(ctl, cmd, argc, argv);
+}
+
+/* ---- pruning ----------------------------------------------------------------------------- */
+
+#define MAX_IDS 4096
+
+struct idset {
+    uint32_t v[MAX_IDS];
+    size_t n;
+    bool full; /* more ids than fit: prune nothing */
+};
+
+static bool idset_has(const struct idset *s, uint32_t id)
+{
+    for (size_t i = 0; i < s->n; i++) {
+        if (s->v[i] == id) {
+            return true;
+        }
     }
-    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-        printf("%s\n%s", cmd->usage, CTL_COMMON_HELP);
-        return CTL_OK;
+    return false;
+}
+
+static void idset_add(struct idset *s, uint32_t id)
+{
+    if (!idset_has(s, id)) {
+        if (s->n == MAX_IDS) {
+            s->full = true;
+            return;
+        }
+        s->v[s->n++] = id;
     }
-    if (strcmp(argv[1], "train") == 0) {
-        return dict_train(ctl, cmd, argc - 1, argv + 1);
+}
+
+/* The dictionary ids the frames of one stream's entries name (0: none). */
+static int ids_in_stream(struct ctl *ctl, const char *stream, struct idset *used)
+{
+    char start[BB_STREAM_ID_MAX + 1] = "-";
+    for (;;) {
+        redisReply *r = ctl_redis(ctl, "XRANGE %s %s + COUNT 1000", stream, start);
+        if (!r) {
+            return CTL_ERR;
+        }
+        size_t n = r->type == REDIS_REPLY_ARRAY ? r->elements : 0;
+        for (size_t i = 0; i < n; i++) {
+            const redisReply *e = r->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements != 2) {
+                continue;
+            }
+            snprintf(start, sizeof(start), "(%s", e->element[0]->str);
+            const redisReply *p = ctl_field(e->element[1], "p");
+            if (!p || p->type != REDIS_REPLY_STRING) {
+                continue;
+            }
+            Bb__DeliveryBatch *b =
+                bb__delivery_batch__unpack(NULL, p->len, (const uint8_t *)p->str);
+            if (b) {
+                idset_add(used,
+                          bb_zframe_dict_id(b->notification_zstd.data, b->notification_zstd.len));
+                bb__delivery_batch__free_unpacked(b, NULL);
+            }
+        }
+        freeReplyObject(r);
+        if (n < 1000) {
+            return CTL_OK;
+        }
     }
-    if (strcmp(argv[1], "show") == 0) {
-        return dict_show(ctl, cmd, argc - 1, argv + 1);
+}
+
+/* Every SCAN match of pattern (of type, or any type if type is NULL) into *keys. */
+static int scan_all(struct ctl *ctl, const char *pattern, const char *type,
+                    struct json_object *keys)
+{
+    char cursor[32] = "0";
+    do {
+        redisReply *r =
+            type ? ctl_redis(ctl, "SCAN %s MATCH %s COUNT 1000 TYPE %s", cursor, pattern, type)
+                 : ctl_redis(ctl, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
+        if (!r) {
+            return CTL_ERR;
+        }
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+            freeReplyObject(r);
+            return ctl_error("SCAN: unexpected reply");
+        }
+        snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
+        for (size_t i = 0; i < r->element[1]->elements; i++) {
+            json_object_array_add(keys, json_object_new_string(r->element[1]->element[i]->str));
+        }
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+    return CTL_OK;
+}
+
+/* Deletes bb:zdict:<id> unless it is current, the previous current, or
+ * named by the frame of a batch in bb:out:* or in a dead letter of
+ * bb:dead. Fills out with deleted and in_use. */
+static int prune(struct ctl *ctl, uint32_t current, const char *previous, struct json_object *out)
+{
+    struct idset *used = calloc(1, sizeof(*used));
+    struct json_object *streams = json_object_new_array(), *dicts = json_object_new_array();
+    struct json_object *deleted = json_object_new_array(), *in_use = json_object_new_array();
+    int rc = CTL_ERR;
+    if (!used) {
+        ctl_error("out of memory");
+        goto done;
     }
-    return ctl_usage(cmd, "unknown sub-command '%s': train or show", argv[1]);
+    if (scan_all(ctl, "bb:out:*", "stream", streams) != CTL_OK ||
+        scan_all(ctl, "bb:zdict:*", NULL, dicts) != CTL_OK) {
+        goto done;
+    }
+    for (size_t i = 0; i < json_object_array_length(streams); i++) {
+        const char *st = json_object_get_string(json_object_array_get_idx(streams, i));
+        if (ids_in_stream(ctl, st, used) != CTL_OK) {
+            goto done;
+        }
+    }
+    /* Batches in dead letters may be replayed: their dictionaries stay too. */
+    if (ids_in_stream(ctl, "bb:dead", used) != CTL_OK) {
+        goto done;
+    }
+    if (used->full) {
+        ctl_error("more than %d dictionary ids in bb:out:*; pruning nothing", MAX_IDS);
+        goto done;
+    }
+    rc = CTL_OK;
+    for (size_t i = 0; i < json_object_array_length(dicts) && rc == CTL_OK; i++) {
+        const char *key = json_object_get_string(json_object_array_get_idx(dicts, i));
+        const char *sid = key + strlen("bb:zdict:");
+        char *end;
+        unsigned long long id = strtoull(sid, &end, 10);
+        if (strcmp(key, "bb:zdict:current") == 0 || *end || end == sid || id > UINT32_MAX ||
+            id == current || strcmp(sid, previous) == 0) {
+            continue; /* not a dictionary of ours, or one to keep whatever happens */
+        }
+        if (idset_has(used, (uint32_t)id)) {
+            json_object_array_add(in_use, json_object_new_int64((int64_t)id));
+            continue;
+        }
+        redisReply *r = ctl_redis(ctl, "DEL %s", key);
+        if (!r) {
+            rc = CTL_ERR;
+            break;
+        }
+        freeReplyObject(r);
+        json_object_array_add(deleted, json_object_new_int64((int64_t)id));
+    }
+
+done:
+    json_object_object_add(out, "deleted", deleted);
+    json_object_object_add(out, "in_use", in_use);
+    json_object_put(streams);
+    json_object_put(dicts);
+    free(used);
+    return rc;
 }

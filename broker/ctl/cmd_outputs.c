@@ -227,7 +227,9 @@ int cmd_outputs(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **arg
         rc = read_stream(&o, streams[s], since);
     }
     if (rc == CTL_OK) {
-        qsort(o.s, o.n, sizeof(*o.s), by_first_entry);
+        if (o.n > 1) {
+            qsort(o.s, o.n, sizeof(*o.s), by_first_entry);
+        }
         struct json_object *arr = ctl->json ? json_object_new_array() : NULL;
         if (!arr && o.n == 0) {
             printf("no deliveries\n");

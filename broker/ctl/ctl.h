@@ -39,6 +39,7 @@ struct ctl_cmd {
     const char *summary; /* one line for the overview */
     const char *usage;   /* the command's --help text */
     int (*run)(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
+    bool alias; /* an old name kept working; not listed in the overview */
 };
 
 /* Options every command accepts, for its getopt_long table. */
@@ -86,6 +87,15 @@ int ctl_parse_long(const struct ctl_cmd *cmd, const char *opt, const char *s, lo
 /* Prints o on one line to stdout and releases it. */
 void ctl_print_json(struct json_object *o);
 
+/* A command's reply, or NULL after printing "WHAT: redis' message" (an
+ * error reply or a lost connection). The caller frees a reply. */
+redisReply *ctl_redis(struct ctl *ctl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The value of field name in a flat [k, v, k, v...] reply (XINFO, a stream
+ * entry's fields), or NULL. */
+const redisReply *ctl_field(const redisReply *flat, const char *name);
+/* The string of a reply, or dflt when it is not a string. */
+const char *ctl_str(const redisReply *r, const char *dflt);
+
 int64_t ctl_now_ms(void);
 /* "2024-04-05T19:34:38.901Z" */
 void ctl_format_ms(int64_t ms, char *buf, size_t cap);
@@ -96,8 +106,14 @@ int64_t ctl_stream_id_ms(const char *id);
 int cmd_load(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
 int cmd_post(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
 int cmd_route(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
-int cmd_dead(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
-int cmd_dict(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
+int cmd_status(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
+int cmd_dead_list(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
+int cmd_dead_replay(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
+int cmd_dead_purge(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
+int cmd_dict_train(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
+int cmd_dict_rotate(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
+int cmd_dict_show(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
+int cmd_export(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
 int cmd_outputs(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
 int cmd_snapshot(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);
 int cmd_erase(struct ctl *ctl, const struct ctl_cmd *cmd, int argc, char **argv);

@@ -8,6 +8,7 @@
  * them. */
 #include "json.h"
 
+#include <inttypes.h>
 #include <json-c/json.h>
 #include <math.h>
 #include <stdarg.h>
@@ -1252,4 +1253,156 @@ int bb_json_status(struct bb_jarena *a, const struct json_object *obj, int64_t n
     }
     *out = s;
     return BB_OK;
+}
+
+/* ---- records to JSON (directory export) -------------------------------------------------- */
+
+struct json_object *bb_json_id(uint64_t id)
+{
+    if (id <= (UINT64_C(1) << 53)) {
+        return json_object_new_int64((int64_t)id);
+    }
+    char buf[24];
+    snprintf(buf, sizeof(buf), "%" PRIu64, id);
+    return json_object_new_string(buf);
+}
+
+static struct json_object *enum_array(const struct enum_names *e, const int *v, size_t n)
+{
+    struct json_object *a = json_object_new_array();
+    for (size_t i = 0; i < n; i++) {
+        json_object_array_add(a, json_object_new_string(enum_name(e, v[i])));
+    }
+    return a;
+}
+
+static struct json_object *id_array(const uint64_t *v, size_t n)
+{
+    struct json_object *a = json_object_new_array();
+    for (size_t i = 0; i < n; i++) {
+        json_object_array_add(a, bb_json_id(v[i]));
+    }
+    return a;
+}
+
+static void add_hhmm(struct json_object *o, const char *key, uint32_t minute)
+{
+    char buf[8];
+    snprintf(buf, sizeof(buf), "%02u:%02u", (minute / 60) % 100, minute % 60);
+    json_object_object_add(o, key, json_object_new_string(buf));
+}
+
+static struct json_object *from_prefs(const Bb__Preferences *p)
+{
+    struct json_object *o = json_object_new_object();
+    if (p->n_categories) {
+        json_object_object_add(
+            o, "categories", enum_array(&E_CATEGORY, (const int *)p->categories, p->n_categories));
+    }
+    if (p->min_urgency) {
+        json_object_object_add(o, "min_urgency",
+                               json_object_new_string(enum_name(&E_URGENCY, p->min_urgency)));
+    }
+    /* Absent sets mean the defaults, an empty one no channel: keep both. */
+    const Bb__ChannelSet *sets[] = {p->in_progress, p->recent, p->informational};
+    const char *names[] = {"in_progress", "recent", "informational"};
+    for (size_t i = 0; i < 3; i++) {
+        if (sets[i]) {
+            json_object_object_add(
+                o, names[i],
+                enum_array(&E_CHANNEL, (const int *)sets[i]->channels, sets[i]->n_channels));
+        }
+    }
+    if (p->quiet) {
+        struct json_object *q = json_object_new_object();
+        add_hhmm(q, "from", p->quiet->from_minute);
+        add_hhmm(q, "to", p->quiet->to_minute);
+        json_object_object_add(o, "quiet", q);
+    }
+    if (p->max_per_hour) {
+        json_object_object_add(o, "max_per_hour", json_object_new_int64(p->max_per_hour));
+    }
+    if (p->digest_hour) {
+        json_object_object_add(o, "digest_hour", json_object_new_int64(p->digest_hour));
+    }
+    if (p->digest_weekly) {
+        json_object_object_add(o, "digest_weekly", json_object_new_boolean(1));
+    }
+    return o;
+}
+
+struct json_object *bb_json_from_user(const Bb__User *u)
+{
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "id", bb_json_id(u->id));
+    if (u->screen_name && *u->screen_name) {
+        json_object_object_add(o, "screen_name", json_object_new_string(u->screen_name));
+    }
+    if (u->locale && *u->locale) {
+        json_object_object_add(o, "locale", json_object_new_string(u->locale));
+    }
+    if (u->time_zone && *u->time_zone) {
+        json_object_object_add(o, "time_zone", json_object_new_string(u->time_zone));
+    }
+    if (u->watch) {
+        struct json_object *w = json_object_new_object();
+        json_object_object_add(w, "lat", json_object_new_double(u->watch->lat));
+        json_object_object_add(w, "lon", json_object_new_double(u->watch->lon));
+        if (u->watch->radius_m) {
+            json_object_object_add(w, "radius_m", json_object_new_int64(u->watch->radius_m));
+        }
+        json_object_object_add(o, "watch", w);
+    }
+    if (u->prefs) {
+        json_object_object_add(o, "prefs", from_prefs(u->prefs));
+    }
+    if (u->n_muted_authors) {
+        json_object_object_add(o, "muted_authors", id_array(u->muted_authors, u->n_muted_authors));
+    }
+    if (u->n_muted_groups) {
+        json_object_object_add(o, "muted_groups", id_array(u->muted_groups, u->n_muted_groups));
+    }
+    return o;
+}
+
+struct json_object *bb_json_from_group(const Bb__Group *g)
+{
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "id", bb_json_id(g->id));
+    if (g->name && *g->name) {
+        json_object_object_add(o, "name", json_object_new_string(g->name));
+    }
+    if (g->n_cells) {
+        struct json_object *a = json_object_new_array();
+        for (size_t i = 0; i < g->n_cells; i++) {
+            json_object_array_add(a, json_object_new_string(g->cells[i]));
+        }
+        json_object_object_add(o, "cells", a);
+    }
+    if (g->policy) {
+        const Bb__Policy *p = g->policy;
+        struct json_object *po = json_object_new_object();
+        if (p->n_categories) {
+            json_object_object_add(
+                po, "categories",
+                enum_array(&E_CATEGORY, (const int *)p->categories, p->n_categories));
+        }
+        if (p->min_urgency) {
+            json_object_object_add(po, "min_urgency",
+                                   json_object_new_string(enum_name(&E_URGENCY, p->min_urgency)));
+        }
+        if (p->n_sources) {
+            json_object_object_add(po, "sources",
+                                   enum_array(&E_SOURCE, (const int *)p->sources, p->n_sources));
+        }
+        if (p->public_posting) {
+            json_object_object_add(po, "public_posting", json_object_new_boolean(1));
+        }
+        json_object_object_add(o, "policy", po);
+    }
+    if (g->location_precision) {
+        json_object_object_add(o, "location_precision",
+                               json_object_new_int64(g->location_precision));
+    }
+    return o;
 }

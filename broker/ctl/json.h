@@ -54,6 +54,17 @@ int bb_json_report(struct bb_jarena *a, const struct json_object *obj, int64_t n
 int bb_json_status(struct bb_jarena *a, const struct json_object *obj, int64_t now_ms,
                    struct Bb__ReportStatus **out, char *err, size_t errlen);
 
+/* The other way, for directory export: a user or group record as the
+ * object a {"user": ...} / {"group": ...} line holds, so that
+ * bb_json_directory_event reads back the same record. Ids past 2^53 are
+ * strings of digits. The caller releases the result. */
+struct Bb__User;
+struct Bb__Group;
+struct json_object *bb_json_from_user(const struct Bb__User *u);
+struct json_object *bb_json_from_group(const struct Bb__Group *g);
+/* An id as a JSON integer, or a string of digits past 2^53. */
+struct json_object *bb_json_id(uint64_t id);
+
 /* Names of enum values (static strings; "?" for a number without one). */
 const char *bb_json_category_name(int v);
 const char *bb_json_urgency_name(int v);
