@@ -167,6 +167,9 @@ static void on_commit(struct bb_conn *conn, redisReply *r, void *priv)
                              job->out.e[i].recipients);
         }
         bb_metrics_latency((bb_now_ms() - job->entry_ms) * 1000);
+        if (job->kind == BB_JOB_REPORT) {
+            bb_metrics_recipients(job->recipients);
+        }
     }
     finish(c, job);
 }
@@ -833,6 +836,11 @@ struct bb_consumer *bb_consumer_new(struct event_base *base, struct bb_dir *dir,
 fail:
     bb_consumer_free(c);
     return NULL;
+}
+
+struct bb_conn *bb_consumer_commands(struct bb_consumer *c)
+{
+    return c->commands;
 }
 
 void bb_consumer_shutdown(struct bb_consumer *c)

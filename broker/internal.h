@@ -14,6 +14,7 @@
 struct event_base;
 struct bb_dir;
 struct bb_zdict;
+struct bb_httpd;
 
 /* ---- config.c ---------------------------------------------------------------------------- */
 
@@ -50,6 +51,8 @@ struct bb_broker_config {
     int64_t shutdown_grace_ms;
     char *metrics_addr;
     char *log_level;
+    bool console;        /* the operator console on metrics_addr (console.c) */
+    char *console_token; /* from console_token_file */
 };
 
 extern const struct bb_opt bb_broker_opts[];
@@ -100,6 +103,7 @@ void bb_job_free(struct bb_job *job);
 /* ---- metrics.c --------------------------------------------------------------------------- */
 
 #define BB_LAT_BUCKETS 24
+#define BB_RCPT_BUCKETS 16
 
 struct bb_metrics {
     _Atomic uint64_t reports_in, status_in, reports_routed, dead_letters, commits, commit_retries,
@@ -112,10 +116,51 @@ struct bb_metrics {
     _Atomic int64_t inflight, backlog_max;
     _Atomic int ready, paused;
     _Atomic uint64_t users, groups;
+    _Atomic uint64_t rcpt_le[BB_RCPT_BUCKETS], rcpt_sum; /* recipients per routed report */
 };
 
 extern struct bb_metrics bb_metrics;
 void bb_metrics_latency(int64_t us);
+void bb_metrics_recipients(uint64_t n);
+/* Upper bound of latency bucket i in microseconds (the last is INT64_MAX). */
+int64_t bb_metrics_latency_bound_us(int bucket);
+
+/* Streams and their consumer groups, polled on the I/O thread. */
+#define BB_STREAMS_MAX 8
+#define BB_GROUPS_MAX 8
+#define BB_CONSUMERS_MAX 16
+struct bb_consumer_info {
+    char name[64];
+    int64_t pending, idle_ms;
+};
+struct bb_group_info {
+    char name[64];
+    char last_id[48];
+    int64_t consumers, pending, lag, entries_read; /* -1: unknown */
+    unsigned nc;
+    struct bb_consumer_info c[BB_CONSUMERS_MAX];
+};
+struct bb_stream_info {
+    const char *name;
+    int64_t length; /* -1: unknown */
+    unsigned ng;
+    struct bb_group_info g[BB_GROUPS_MAX];
+};
+struct bb_streams {
+    int64_t at_ms; /* wall clock of the last complete poll; 0: none yet */
+    unsigned n;
+    struct bb_stream_info s[BB_STREAMS_MAX];
+};
+/* Polls the streams every interval_ms on commands (I/O thread). */
+int bb_metrics_streams_start(struct event_base *base, struct bb_conn *commands,
+                             int64_t interval_ms);
+void bb_metrics_streams_stop(void);
+/* Also each group's consumers (XINFO CONSUMERS) and bb:dead's length: the
+ * console's view, which needs more of the ACL (console.c). */
+void bb_metrics_streams_detail(bool on);
+const struct bb_streams *bb_metrics_streams(void); /* I/O thread */
+/* The HTTP server bb_metrics_listen started (NULL: metrics off). */
+struct bb_httpd *bb_metrics_httpd(void);
 /* Serves /metrics, /healthz and /readyz on addr ("host:port"); NULL/"" = off. */
 int bb_metrics_listen(struct event_base *base, const char *addr);
 void bb_metrics_close(void);
@@ -127,6 +172,20 @@ struct bb_consumer *bb_consumer_new(struct event_base *base, struct bb_dir *dir,
                                     const struct bb_broker_config *cfg,
                                     const char *directory_last_id);
 void bb_consumer_free(struct bb_consumer *c);
+/* The commands connection (for the stream poll and the console). */
+struct bb_conn *bb_consumer_commands(struct bb_consumer *c);
+
+/* ---- console.c: the operator console (HTTP API + page on metrics_addr) ------------------- */
+
+struct bb_console;
+/* Refuses "console yes" without a usable token. */
+int bb_console_check(const struct bb_broker_config *cfg, char *err, size_t errlen);
+/* NULL when the console is off or cannot start (logged; *failed set then). */
+struct bb_console *bb_console_new(struct event_base *base, struct bb_httpd *httpd,
+                                  struct bb_conn *commands, const struct bb_broker_config *cfg,
+                                  bool *failed);
+/* Waits for an explanation in progress, then frees. NULL is a no-op. */
+void bb_console_free(struct bb_console *con);
 
 /* ---- retention.c: trimming what every group has read and acked -------------------------- */
 

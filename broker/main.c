@@ -17,6 +17,7 @@
 #include "directory.h"
 #include "internal.h"
 #include "log.h"
+#include "notify.h"
 #include "snapshot.h"
 
 static volatile sig_atomic_t stop_requested;
@@ -74,6 +75,7 @@ static void reload(struct bb_consumer *c)
     struct bb_broker_config fresh;
     char err[512];
     bb_info("reload requested", "config=%s", config_path ? config_path : "(none)");
+    bb_notify_reloading();
     if (load_config(&fresh, err, sizeof(err)) != BB_OK) {
         bb_error("reload failed; the running configuration stays", "err=\"%s\"", err);
     } else {
@@ -83,6 +85,14 @@ static void reload(struct bb_consumer *c)
     }
     bb_config_free(bb_broker_opts, bb_broker_nopts, &fresh);
     bb_consumer_reload(c);
+    bb_notify_reloaded();
+}
+
+/* systemd's readiness: the consumer is reading (directory loaded, Redis
+ * connected, commit script loaded: what /readyz says). */
+static bool consumer_ready(void *arg)
+{
+    return atomic_load(&bb_metrics.ready);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -93,6 +103,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         return;
     }
     bb_info("shutdown requested", "signal=%d", (int)sig);
+    bb_notify_stopping();
     bb_consumer_shutdown(c);
 }
 
@@ -106,6 +117,9 @@ static int check(struct bb_broker_config *cfg, char *err, size_t errlen)
     if (bb_log_level_parse(cfg->log_level) < 0) {
         snprintf(err, errlen, "log_level: expected debug, info, warn or error, got '%s'",
                  cfg->log_level);
+        return BB_ECONFIG;
+    }
+    if (bb_console_check(cfg, err, errlen) != BB_OK) {
         return BB_ECONFIG;
     }
     int rc = bb_conn_check_settings(cfg->redis, cfg->group, err, errlen);
@@ -227,6 +241,7 @@ int main(int argc, char **argv)
         goto out_config;
     }
     char last_id[BB_STREAM_ID_MAX] = "0-0";
+    bb_notify_status("loading the directory");
     if (load_directory(&cfg, dir, last_id, sizeof(last_id)) != BB_OK) {
         status = stop_requested ? 0 : 1;
         goto out_dir;
@@ -254,13 +269,24 @@ int main(int argc, char **argv)
         bb_error("cannot start the consumer", NULL);
         goto out_metrics;
     }
+    bool console_failed;
+    bb_metrics_streams_start(base, bb_consumer_commands(consumer), 2000);
+    struct bb_console *console = bb_console_new(
+        base, bb_metrics_httpd(), bb_consumer_commands(consumer), &cfg, &console_failed);
+    if (console_failed) {
+        bb_consumer_free(consumer);
+        bb_metrics_streams_stop();
+        goto out_metrics;
+    }
     struct event *sig_term = evsignal_new(base, SIGTERM, on_signal, consumer);
     struct event *sig_int = evsignal_new(base, SIGINT, on_signal, consumer);
     struct event *sig_hup = evsignal_new(base, SIGHUP, on_signal, consumer);
     event_add(sig_term, NULL);
     event_add(sig_int, NULL);
     event_add(sig_hup, NULL);
+    bb_notify_start(base, consumer_ready, NULL);
     if (stop_requested) {
+        bb_notify_stopping();
         bb_consumer_shutdown(consumer);
     }
     bb_info("broker running", "name=%s group=%s routers=%lld redis=%s", cfg.name, cfg.group,
@@ -272,7 +298,10 @@ int main(int argc, char **argv)
     event_free(sig_term);
     event_free(sig_int);
     event_free(sig_hup);
-    bb_consumer_free(consumer);
+    bb_consumer_free(consumer); /* before the console: replies it waits for end here */
+    bb_console_free(console);
+    bb_metrics_streams_stop();
+    bb_notify_stop();
 out_metrics:
     bb_metrics_close();
 out_base:

@@ -69,6 +69,11 @@ const struct bb_opt bb_broker_opts[] = {
     OPT("metrics_addr", BB_OPT_STRING, metrics_addr, "127.0.0.1:9464", 0, 0,
         "host:port for /metrics, /healthz, /readyz; empty: off"),
     OPT("log_level", BB_OPT_STRING, log_level, "info", 0, 0, "debug, info, warn or error"),
+    OPT("console", BB_OPT_BOOL, console, "no", 0, 0,
+        "serve the operator console (/console) on metrics_addr; needs console_token_file. "
+        "metrics_addr is loopback by default: binding it elsewhere exposes the console too"),
+    OPT("console_token_file", BB_OPT_SECRET_FILE, console_token, NULL, 0, 0,
+        "file holding the console's bearer token (at least 16 characters)"),
 };
 
 const size_t bb_broker_nopts = sizeof(bb_broker_opts) / sizeof(bb_broker_opts[0]);

@@ -10,6 +10,7 @@ BB_PACKAGES=(
   libck-dev libjson-c-dev libcmocka-dev libcurl4-openssl-dev libssl-dev
   redis-server redis-tools tzdata curl python3
   python3-h2 python3-cryptography libnghttp2-dev openssl help2man
+  libsystemd-dev python3-yaml
 )
 
 bb_install_deps() {

@@ -92,6 +92,11 @@ if [ "$mode" = faults ]; then
     "${fault_args[@]}"
 fi
 
+# The console's browser test drives Debian's Chromium over the DevTools protocol.
+if [ "$mode" = plain ] || [ "$mode" = asan ]; then
+  bb_install_deps chromium python3-websocket
+fi
+
 case "$mode" in
   plain) build="$top/build"; flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo) ;;
   asan) build="$top/build-asan"; flags=(-DCMAKE_BUILD_TYPE=Debug -DBB_SANITIZE=ON -DBB_BENCH=OFF) ;;

@@ -25,6 +25,7 @@
 #include "config.h"
 #include "host.h"
 #include "log.h"
+#include "notify.h"
 
 struct worker {
     struct bb_worker_config cfg;
@@ -227,6 +228,7 @@ static void reload(struct worker *w)
     struct bb_worker_config fresh;
     char err[512];
     bb_info("reload requested", "config=%s", w->config_path ? w->config_path : "(none)");
+    bb_notify_reloading();
     int rc = bb_worker_config_load(&fresh, w->config_path, (const char *const *)w->sets, w->nsets,
                                    err, sizeof(err));
     if (rc == BB_OK) {
@@ -239,6 +241,7 @@ static void reload(struct worker *w)
         bb_log_set_level((enum bb_log_level)bb_log_level_parse(w->cfg.log_level));
     }
     bb_worker_config_free(&fresh);
+    bb_notify_reloaded();
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -252,6 +255,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         return;
     }
     bb_info("shutdown requested", "signal=%d inflight=%u", (int)sig, inflight(w));
+    bb_notify_stopping();
     for (size_t i = 0; i < w->n; i++) {
         if (w->streams[i]) {
             bb_stream_stop(w->streams[i]);
@@ -335,6 +339,7 @@ static int start_channels(struct worker *w, bool check_only)
 
 static void worker_free(struct worker *w)
 {
+    bb_notify_stop();
     bb_httpd_free(w->httpd);
     w->httpd = NULL;
     /* The commands connection first: its pending callbacks (with NULL
@@ -482,6 +487,8 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    /* Ready for systemd as for /readyz: the commands connection is up. */
+    bb_notify_start(w.base, is_ready, &w);
     bb_info("worker started", "name=%s group=%s channels=%zu", w.cfg.name, w.cfg.group, w.n);
     event_base_dispatch(w.base);
     bb_info("worker stopped", NULL);
