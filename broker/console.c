@@ -509,33 +509,6 @@ static void api_reports(struct bb_console *con, struct evhttp_request *req)
 
 /* ---- explanations ------------------------------------------------------------------------ */
 
-static struct json_object *line_json(const struct bb_explain_line *l)
-{
-    struct json_object *o = json_object_new_object(), *ch = json_object_new_array(),
-                       *notes = json_object_new_array();
-    if (l->user_id) {
-        json_object_object_add(o, "user", json_object_new_uint64(l->user_id));
-    }
-    json_object_object_add(o, "route",
-                           l->route ? json_object_new_string(bb_route_kind_name(l->route)) : NULL);
-    json_object_object_add(o, "verdict", json_object_new_string(bb_verdict_name(l->verdict)));
-    for (unsigned c = 0; c < BB_CHANNELS; c++) {
-        if (l->channels & (1u << c)) {
-            json_object_array_add(ch, json_object_new_string(bb_channel_name(c)));
-        }
-    }
-    json_object_object_add(o, "channels", ch);
-    if (l->notes & BB_NOTE_QUIET) {
-        json_object_array_add(notes, json_object_new_string("quiet_hours"));
-    }
-    if (l->notes & BB_NOTE_CAPPED) {
-        json_object_array_add(notes, json_object_new_string("capped"));
-    }
-    json_object_object_add(o, "notes", notes);
-    json_object_object_add(o, "group", l->group_id ? json_object_new_uint64(l->group_id) : NULL);
-    return o;
-}
-
 static struct json_object *explain_json(const Bb__Report *rep, const struct bb_route_result *res,
                                         const struct bb_explain *ex, const struct bb_dir *dir,
                                         const char *last_id)
@@ -573,7 +546,7 @@ static struct json_object *explain_json(const Bb__Report *rep, const struct bb_r
             continue;
         }
         shown += l->user_id != 0;
-        json_object_array_add(l->user_id ? people : groups, line_json(l));
+        json_object_array_add(l->user_id ? people : groups, bb_json_explain_line(l, 0, NULL));
     }
     json_object_object_add(o, "people", people);
     json_object_object_add(o, "groups", groups);

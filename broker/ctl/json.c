@@ -21,6 +21,7 @@
 #include "directory.pb-c.h"
 #include "geohash.h"
 #include "report.pb-c.h"
+#include "route.h"
 #include "wire.h"
 
 #define BLOCK_MIN 8192
@@ -1404,5 +1405,37 @@ struct json_object *bb_json_from_group(const Bb__Group *g)
         json_object_object_add(o, "location_precision",
                                json_object_new_int64(g->location_precision));
     }
+    return o;
+}
+
+struct json_object *bb_json_explain_line(const struct bb_explain_line *l, int with_name,
+                                         const char *screen_name)
+{
+    struct json_object *o = json_object_new_object(), *ch = json_object_new_array(),
+                       *notes = json_object_new_array();
+    if (l->user_id) {
+        json_object_object_add(o, "user", json_object_new_uint64(l->user_id));
+        if (with_name) {
+            json_object_object_add(o, "screen_name",
+                                   screen_name ? json_object_new_string(screen_name) : NULL);
+        }
+    }
+    json_object_object_add(o, "route",
+                           l->route ? json_object_new_string(bb_route_kind_name(l->route)) : NULL);
+    json_object_object_add(o, "verdict", json_object_new_string(bb_verdict_name(l->verdict)));
+    for (unsigned c = 0; c < BB_CHANNELS; c++) {
+        if (l->channels & (1u << c)) {
+            json_object_array_add(ch, json_object_new_string(bb_channel_name(c)));
+        }
+    }
+    json_object_object_add(o, "channels", ch);
+    if (l->notes & BB_NOTE_QUIET) {
+        json_object_array_add(notes, json_object_new_string("quiet_hours"));
+    }
+    if (l->notes & BB_NOTE_CAPPED) {
+        json_object_array_add(notes, json_object_new_string("capped"));
+    }
+    json_object_object_add(o, "notes", notes);
+    json_object_object_add(o, "group", l->group_id ? json_object_new_uint64(l->group_id) : NULL);
     return o;
 }

@@ -71,4 +71,12 @@ const char *bb_json_urgency_name(int v);
 const char *bb_json_source_name(int v);
 const char *bb_json_status_name(int v);
 
+/* One line of a route explanation (route.h, struct bb_explain_line) as
+ * buurtbusctl route --json and the broker's console show it: user (or
+ * group), route, verdict, channels, notes, group. with_name adds
+ * "screen_name" (screen_name, or null). The caller releases the result. */
+struct bb_explain_line;
+struct json_object *bb_json_explain_line(const struct bb_explain_line *l, int with_name,
+                                         const char *screen_name);
+
 #endif

@@ -428,23 +428,14 @@ static void post_reports(void)
 
 static void start_broker(void)
 {
-    char conf[512], text[1536], log[512], pwfile[512];
+    char text[1536], pwfile[512];
     password_file(pwfile, sizeof(pwfile), BROKER);
     snprintf(text, sizeof(text),
              "redis %s\nredis_user buurtbus-broker\nredis_password_file \"%s\"\n"
              "name broker-acl\nrouter_threads 1\nblock 200ms\nclaim_idle 1s\n"
              "claim_interval 300ms\ndict_check 1s\nmetrics_addr \"\"\nlog_level debug\n",
              srv->addr, pwfile);
-    assert_non_null(bb_harness_write_file(conf, sizeof(conf), "broker.conf", text));
-    bb_harness_path(log, sizeof(log), "broker.log");
-    broker_pid = fork();
-    assert_true(broker_pid >= 0);
-    if (broker_pid == 0) {
-        FILE *f = freopen(log, "a", stderr);
-        (void)f;
-        execl(BB_BROKER_PATH, "buurtbus-broker", "-c", conf, (char *)NULL);
-        _exit(127);
-    }
+    broker_pid = bb_kit_spawn(BB_BROKER_PATH, "broker.conf", text, "broker.log");
 }
 
 static void start_worker(void)

@@ -278,22 +278,12 @@ static void status_empty_and_busy(void **state)
 #ifdef BB_BROKER_PATH
 static pid_t start_broker(void)
 {
-    char conf[512], text[512], log[512];
+    char text[512];
     snprintf(text, sizeof(text),
              "redis %s\nname broker-t\nblock 200ms\nclaim_idle 1s\nclaim_interval 300ms\n"
              "metrics_addr \"\"\nlog_level info\n",
              srv->addr);
-    assert_non_null(bb_harness_write_file(conf, sizeof(conf), "broker.conf", text));
-    bb_harness_path(log, sizeof(log), "broker.log");
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        FILE *f = freopen(log, "a", stderr);
-        (void)f;
-        execl(BB_BROKER_PATH, "buurtbus-broker", "-c", conf, (char *)NULL);
-        _exit(127);
-    }
-    return pid;
+    return bb_kit_spawn(BB_BROKER_PATH, "broker.conf", text, "broker.log");
 }
 
 static void wait_dead(long long n)

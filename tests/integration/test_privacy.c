@@ -475,21 +475,12 @@ static void post_reports(void)
 
 static void start_broker(void)
 {
-    char conf[512], text[1024], log[512];
+    char text[1024];
     snprintf(text, sizeof(text),
              "redis %s\nname broker-priv\nrouter_threads 1\nblock 200ms\nclaim_idle 1s\n"
              "claim_interval 300ms\nmetrics_addr \"\"\nlog_level debug\n",
              srv->addr);
-    assert_non_null(bb_harness_write_file(conf, sizeof(conf), "broker.conf", text));
-    bb_harness_path(log, sizeof(log), "broker.log");
-    broker_pid = fork();
-    assert_true(broker_pid >= 0);
-    if (broker_pid == 0) {
-        FILE *f = freopen(log, "a", stderr);
-        (void)f;
-        execl(BB_BROKER_PATH, "buurtbus-broker", "-c", conf, (char *)NULL);
-        _exit(127);
-    }
+    broker_pid = bb_kit_spawn(BB_BROKER_PATH, "broker.conf", text, "broker.log");
 }
 
 static void start_worker(void)

@@ -152,20 +152,26 @@ void bb_kit_add_batch(redisContext *c, const char *stream, const Bb__Notificatio
 
 /* ---- the worker -------------------------------------------------------------------------- */
 
-pid_t bb_kit_spawn_worker(const char *worker, const char *conf, const char *log_name)
+pid_t bb_kit_spawn(const char *program, const char *conf_name, const char *conf,
+                   const char *log_name)
 {
     char cpath[512], logpath[512];
-    assert_non_null(bb_harness_write_file(cpath, sizeof(cpath), "worker.conf", conf));
-    bb_harness_path(logpath, sizeof(logpath), log_name ? log_name : "worker.log");
+    assert_non_null(bb_harness_write_file(cpath, sizeof(cpath), conf_name, conf));
+    bb_harness_path(logpath, sizeof(logpath), log_name);
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
         FILE *f = freopen(logpath, "a", stderr);
         (void)f;
-        execl(worker, worker, "-c", cpath, (char *)NULL);
+        execl(program, program, "-c", cpath, (char *)NULL);
         _exit(127);
     }
     return pid;
+}
+
+pid_t bb_kit_spawn_worker(const char *worker, const char *conf, const char *log_name)
+{
+    return bb_kit_spawn(worker, "worker.conf", conf, log_name ? log_name : "worker.log");
 }
 
 pid_t bb_kit_stand_in(const char *script, const char *log_name, char *log, size_t cap, int *port)

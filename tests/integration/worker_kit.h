@@ -91,6 +91,12 @@ void bb_kit_add_batch(redisContext *c, const char *stream, const Bb__Notificatio
 
 /* ---- the worker -------------------------------------------------------------------------- */
 
+/* Writes conf to conf_name in the harness' directory and starts
+ * `program -c <that file>` with stderr appended to log_name there (a
+ * broker, a worker). Asserts the fork; returns the child's pid. */
+pid_t bb_kit_spawn(const char *program, const char *conf_name, const char *conf,
+                   const char *log_name);
+
 /* Writes conf to worker.conf in the harness' directory and starts
  * `worker -c <that file>` with stderr appended to log_name there (NULL:
  * "worker.log"). Asserts the fork; returns the child's pid. */
