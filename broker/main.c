@@ -295,6 +295,11 @@ int main(int argc, char **argv)
     bb_info("broker stopped", NULL);
     status = 0;
 
+    /* Already stopping: a second SIGTERM (an impatient operator) must not
+     * kill the teardown once the handlers are gone. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
     event_free(sig_term);
     event_free(sig_int);
     event_free(sig_hup);

@@ -337,6 +337,19 @@ static int start_channels(struct worker *w, bool check_only)
     return BB_OK;
 }
 
+/* What the configuration was read from (kept for SIGHUP). */
+static void free_config_source(struct worker *w)
+{
+    free(w->config_path);
+    for (size_t i = 0; i < w->nsets; i++) {
+        free(w->sets[i]);
+    }
+    free(w->sets);
+    w->config_path = NULL;
+    w->sets = NULL;
+    w->nsets = 0;
+}
+
 static void worker_free(struct worker *w)
 {
     bb_notify_stop();
@@ -362,6 +375,11 @@ static void worker_free(struct worker *w)
         }
         free(w->plugins[i]);
     }
+    /* Already stopping: a second SIGTERM must not kill the teardown once
+     * the handlers are gone (libevent restores the default action). */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
     struct event *evs[] = {w->sig_term, w->sig_int, w->sig_hup, w->drain_ev};
     for (size_t i = 0; i < 4; i++) {
         if (evs[i]) {
@@ -374,11 +392,7 @@ static void worker_free(struct worker *w)
         event_base_free(w->base);
     }
     bb_worker_config_free(&w->cfg);
-    free(w->config_path);
-    for (size_t i = 0; i < w->nsets; i++) {
-        free(w->sets[i]);
-    }
-    free(w->sets);
+    free_config_source(w);
 }
 
 int main(int argc, char **argv)
@@ -418,12 +432,14 @@ int main(int argc, char **argv)
     if (rc != BB_OK) {
         fprintf(stderr, "buurtbus-worker: %s\n", err);
         bb_worker_config_free(&w.cfg);
+        free_config_source(&w);
         return 1;
     }
     bb_log_set_level((enum bb_log_level)bb_log_level_parse(w.cfg.log_level));
     if (dump) {
         bb_worker_config_dump(&w.cfg);
         bb_worker_config_free(&w.cfg);
+        free_config_source(&w);
         return 0;
     }
     signal(SIGPIPE, SIG_IGN);
