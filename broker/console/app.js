@@ -153,6 +153,7 @@ async function replay(id, button) {
 async function loadReports() {
   const d = await api('reports?count=30');
   const sel = $('report-pick');
+  const picked = sel.value; // kept across the refresh when still listed
   while (sel.options.length > 1) sel.remove(1);
   for (const r of d.reports) {
     const o = document.createElement('option');
@@ -160,6 +161,7 @@ async function loadReports() {
     o.textContent = r.decodes ? r.entry + ' — ' + r.id + ' (' + r.category + ', ' + r.urgency + ')' : r.entry + ' — does not decode';
     sel.appendChild(o);
   }
+  if (picked && [...sel.options].some((o) => o.value === picked)) sel.value = picked;
 }
 
 async function explain() {

@@ -555,7 +555,10 @@ def test_browser(build):
                  "the dead letter gone from the table")
 
         # The explainer: pick the first report from the list, explain it.
-        b.js("document.getElementById('reports-refresh').click()")
+        # Empty the picker first, so the wait below sees the refreshed list,
+        # not the one a refresh still in flight would replace under the pick.
+        b.js("(() => { document.getElementById('report-pick').options.length = 1;"
+             " document.getElementById('reports-refresh').click(); })()")
         wait_for(lambda: b.js("document.getElementById('report-pick').options.length") >= 4,
                  "the recent reports in the picker")
         entry = b.js("(() => { const s = document.getElementById('report-pick');"
