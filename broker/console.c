@@ -85,7 +85,14 @@ struct bb_console {
     struct event *explained; /* activated by the explain thread */
     pthread_t thread;
     struct explain_job *job; /* non-NULL while an explanation runs */
+    /* Guessing the token: failed attempts in the current minute; past
+     * MAX_FAILURES every request is refused until locked_until. */
+    int64_t window_start, locked_until;
+    unsigned failures;
 };
+
+#define MAX_FAILURES 20
+#define LOCK_MS 60000
 
 /* ---- answers ----------------------------------------------------------------------------- */
 
@@ -135,6 +142,14 @@ static bool same_token(const char *given, size_t glen, const char *want)
 
 static bool authorized(struct bb_console *con, struct evhttp_request *req)
 {
+    int64_t now = bb_mono_ms();
+    if (now < con->locked_until) {
+        char after[24];
+        snprintf(after, sizeof(after), "%lld", (long long)((con->locked_until - now) / 1000 + 1));
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", after);
+        reply_error(req, 429, "too_many_failed_attempts");
+        return false;
+    }
     const char *a = bb_httpd_header(req, "Authorization");
     if (a && strncasecmp(a, "Bearer ", 7) == 0) {
         const char *t = a + 7;
@@ -148,6 +163,17 @@ static bool authorized(struct bb_console *con, struct evhttp_request *req)
         if (same_token(t, n, con->cfg->console_token)) {
             return true;
         }
+    }
+    if (now - con->window_start > LOCK_MS) {
+        con->window_start = now;
+        con->failures = 0;
+    }
+    if (++con->failures > MAX_FAILURES) {
+        /* Someone is guessing: nobody gets in for a minute, the operator
+         * included (the console is on loopback; the log says why). */
+        con->locked_until = now + LOCK_MS;
+        con->failures = 0;
+        bb_warn("console: too many failed token attempts, locked", "seconds=%d", LOCK_MS / 1000);
     }
     evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
                       "Bearer realm=\"buurtbus\"");

@@ -409,6 +409,17 @@ def test_api(build):
         check(code == 422 and x["error"] == "unknown_group", "explain a report to no group: 422")
         log = open(os.path.join(s.tmp, "broker.log"), errors="replace").read()
         check(TOKEN not in log, "the token is not in the broker's log")
+
+        # Guessing (last: it locks the console for a minute).
+        # (The wrong tokens above count too: at most 21 in a minute pass.)
+        codes = [s.http("/console/api/stats", "guess%02d-xxxxxxxxxxxx" % i)[0] for i in range(22)]
+        check(set(codes) == {401, 429} and codes[-1] == 429 and codes.index(429) <= 21,
+              "wrong tokens: 401 until the 21st in a minute, then 429 (%s)" % codes)
+        code, h, _ = s.http("/console/api/stats", TOKEN)
+        check(code == 429 and int(h.get("Retry-After", "0")) > 0,
+              "after them even the right token gets 429 with Retry-After")
+        log = open(os.path.join(s.tmp, "broker.log"), errors="replace").read()
+        check("too many failed token attempts" in log, "the lock is logged")
     except Exception:
         s.dump_logs()
         raise
