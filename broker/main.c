@@ -232,6 +232,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     signal(SIGTERM, on_early_signal);
     signal(SIGINT, on_early_signal);
+    signal(SIGHUP, SIG_IGN); /* nothing to reload before the loop runs */
 
     struct bb_dir_params dp = {(unsigned)cfg.default_precision, (unsigned)cfg.watch_max_cells,
                                (unsigned)cfg.max_radius_m};
@@ -295,11 +296,9 @@ int main(int argc, char **argv)
     bb_info("broker stopped", NULL);
     status = 0;
 
-    /* Already stopping: a second SIGTERM (an impatient operator) must not
-     * kill the teardown once the handlers are gone. */
-    signal(SIGTERM, SIG_IGN);
-    signal(SIGINT, SIG_IGN);
-    signal(SIGHUP, SIG_IGN);
+    /* Freeing the signal events puts back the handlers from before them
+     * (on_early_signal, SIGHUP ignored): a second SIGTERM during the
+     * teardown only sets a flag. */
     event_free(sig_term);
     event_free(sig_int);
     event_free(sig_hup);

@@ -244,6 +244,13 @@ static void reload(struct worker *w)
     bb_notify_reloaded();
 }
 
+static volatile sig_atomic_t stop_requested;
+
+static void on_early_signal(int sig)
+{
+    stop_requested = 1;
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     struct worker *w = arg;
@@ -375,11 +382,9 @@ static void worker_free(struct worker *w)
         }
         free(w->plugins[i]);
     }
-    /* Already stopping: a second SIGTERM must not kill the teardown once
-     * the handlers are gone (libevent restores the default action). */
-    signal(SIGTERM, SIG_IGN);
-    signal(SIGINT, SIG_IGN);
-    signal(SIGHUP, SIG_IGN);
+    /* Freeing the signal events puts back the handlers from before them
+     * (on_early_signal, SIGHUP ignored): a second SIGTERM during the
+     * teardown only sets a flag. */
     struct event *evs[] = {w->sig_term, w->sig_int, w->sig_hup, w->drain_ev};
     for (size_t i = 0; i < 4; i++) {
         if (evs[i]) {
@@ -443,6 +448,12 @@ int main(int argc, char **argv)
         return 0;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* Until the loop handles them: a stop request is remembered, a reload
+     * has nothing to reload. libevent puts these back when its own
+     * handlers go, so they also cover the teardown. */
+    signal(SIGTERM, on_early_signal);
+    signal(SIGINT, on_early_signal);
+    signal(SIGHUP, SIG_IGN);
     w.n = w.cfg.nchans;
     w.plugins = calloc(w.n, sizeof(*w.plugins));
     w.streams = calloc(w.n, sizeof(*w.streams));
@@ -506,6 +517,9 @@ int main(int argc, char **argv)
     /* Ready for systemd as for /readyz: the commands connection is up. */
     bb_notify_start(w.base, is_ready, &w);
     bb_info("worker started", "name=%s group=%s channels=%zu", w.cfg.name, w.cfg.group, w.n);
+    if (stop_requested) {
+        on_signal(SIGTERM, 0, &w); /* asked to stop while starting */
+    }
     event_base_dispatch(w.base);
     bb_info("worker stopped", NULL);
     status = 0;
