@@ -539,32 +539,14 @@ static struct json_object *explain_json(const Bb__Report *rep, const struct bb_r
                                         const struct bb_explain *ex, const struct bb_dir *dir,
                                         const char *last_id)
 {
-    struct json_object *o = json_object_new_object(), *ch = json_object_new_object(),
-                       *people = json_object_new_array(), *groups = json_object_new_array(),
-                       *d = json_object_new_object();
-    struct bb_dir_stats ds;
-    bb_dir_stats(dir, &ds);
+    struct json_object *o = json_object_new_object(), *people = json_object_new_array(),
+                       *groups = json_object_new_array();
     json_object_object_add(o, "report", json_object_new_string(rep->id ? rep->id : ""));
     json_object_object_add(o, "category",
                            json_object_new_string(bb_json_category_name(rep->category)));
     json_object_object_add(o, "urgency",
                            json_object_new_string(bb_json_urgency_name(rep->urgency)));
-    json_object_object_add(d, "users", json_object_new_int64((int64_t)ds.users));
-    json_object_object_add(d, "groups", json_object_new_int64((int64_t)ds.groups));
-    json_object_object_add(d, "last_id", json_object_new_string(last_id));
-    json_object_object_add(o, "directory", d);
-    json_object_object_add(o, "considered", json_object_new_uint64(res->decisions));
-    json_object_object_add(o, "recipients", json_object_new_int64(res->recipients));
-    json_object_object_add(o, "deliveries", json_object_new_int64(res->deliveries));
-    for (unsigned c = 0; c < BB_CHANNELS; c++) {
-        uint32_t n = 0;
-        for (unsigned l = 0; l < BB_LOCALES_MAX; l++) {
-            n += res->lists[c][l].n;
-        }
-        json_object_object_add(ch, bb_channel_name(c),
-                               json_object_new_int64(c == 4 ? (int64_t)res->social.n : n));
-    }
-    json_object_object_add(o, "channels", ch);
+    bb_json_explain_totals(o, res, dir, last_id);
     uint32_t shown = 0;
     for (uint32_t i = 0; i < ex->n; i++) {
         const struct bb_explain_line *l = &ex->lines[i];

@@ -1439,3 +1439,27 @@ struct json_object *bb_json_explain_line(const struct bb_explain_line *l, int wi
     json_object_object_add(o, "group", l->group_id ? json_object_new_uint64(l->group_id) : NULL);
     return o;
 }
+
+void bb_json_explain_totals(struct json_object *o, const struct bb_route_result *res,
+                            const struct bb_dir *dir, const char *last_id)
+{
+    struct json_object *d = json_object_new_object(), *ch = json_object_new_object();
+    struct bb_dir_stats ds;
+    bb_dir_stats(dir, &ds);
+    json_object_object_add(d, "users", json_object_new_int64((int64_t)ds.users));
+    json_object_object_add(d, "groups", json_object_new_int64((int64_t)ds.groups));
+    json_object_object_add(d, "last_id", json_object_new_string(last_id));
+    json_object_object_add(o, "directory", d);
+    json_object_object_add(o, "considered", json_object_new_uint64(res->decisions));
+    json_object_object_add(o, "recipients", json_object_new_int64(res->recipients));
+    json_object_object_add(o, "deliveries", json_object_new_int64(res->deliveries));
+    for (unsigned c = 0; c < BB_CHANNELS; c++) {
+        uint32_t n = 0;
+        for (unsigned l = 0; l < BB_LOCALES_MAX; l++) {
+            n += res->lists[c][l].n;
+        }
+        json_object_object_add(ch, bb_channel_name(c),
+                               json_object_new_int64(c == 4 ? (int64_t)res->social.n : n));
+    }
+    json_object_object_add(o, "channels", ch);
+}

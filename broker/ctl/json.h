@@ -79,4 +79,13 @@ struct bb_explain_line;
 struct json_object *bb_json_explain_line(const struct bb_explain_line *l, int with_name,
                                          const char *screen_name);
 
+/* The totals of a route explanation, added to o: "directory" (users,
+ * groups, last_id: the bb:directory entry the index is up to),
+ * "considered", "recipients", "deliveries" and "channels" (deliveries per
+ * channel; social counts groups). */
+struct bb_route_result;
+struct bb_dir;
+void bb_json_explain_totals(struct json_object *o, const struct bb_route_result *res,
+                            const struct bb_dir *dir, const char *last_id);
+
 #endif
