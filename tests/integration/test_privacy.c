@@ -502,26 +502,7 @@ static void start_worker(void)
 /* bb:reports read and acked by the broker. */
 static bool broker_drained(void)
 {
-    redisReply *r = redisCommand(rc, "XINFO GROUPS bb:reports");
-    long long pending = -1;
-    char last[64] = "", top[64] = "";
-    if (r && r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
-        redisReply *g = r->element[0];
-        for (size_t k = 0; k + 1 < g->elements; k += 2) {
-            if (strcmp(g->element[k]->str, "pending") == 0) {
-                pending = g->element[k + 1]->integer;
-            } else if (strcmp(g->element[k]->str, "last-delivered-id") == 0) {
-                snprintf(last, sizeof(last), "%s", g->element[k + 1]->str);
-            }
-        }
-    }
-    freeReplyObject(r);
-    r = redisCommand(rc, "XREVRANGE bb:reports + - COUNT 1");
-    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 1) {
-        snprintf(top, sizeof(top), "%s", r->element[0]->element[0]->str);
-    }
-    freeReplyObject(r);
-    return pending == 0 && top[0] && strcmp(last, top) == 0;
+    return bb_harness_stream_unfinished(rc, "bb:reports", "bb-brokers") == 0;
 }
 
 static long long workers_unfinished(void)
